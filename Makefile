@@ -1,0 +1,49 @@
+# Firebox developer entry points. `make run` and `make test` work on a clean checkout.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+EXTRAS ?= dev
+
+.PHONY: install run test test-fast lint format bench clean
+
+# Creates the venv if needed and installs Firebox (editable) with its extras;
+# re-runs only when pyproject.toml changes.
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+# Starts the embedded platform on 127.0.0.1:8000 with its state in ./.firebox/.
+run: install
+	$(BIN)/firebox serve
+
+# The whole suite. FIREBOX_TEST_DATABASE_URL / FIREBOX_TEST_REDIS_URL add PostgreSQL / Redis runs.
+test: install
+	$(BIN)/pytest
+
+# The suite without the slow end-to-end tests (they still run in `make test` and CI).
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Runs every benchmark in bench/; each prints a table and appends to docs/benchmarks.md.
+bench: install
+	@set -e; found=0; for script in bench/*.py; do \
+		[ -e "$$script" ] || continue; found=1; echo "== $$script"; $(BIN)/python "$$script"; \
+	done; [ $$found = 1 ] || echo "no benchmarks in bench/ yet"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

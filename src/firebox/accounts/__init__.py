@@ -1,0 +1,1 @@
+"""Accounts, users, roles and API keys: who may call Firebox, and as whom."""

@@ -1,0 +1,43 @@
+"""Builds the ASGI app: settings -> store -> services -> routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from firebox import __version__
+from firebox.accounts.endpoints import router as accounts_router
+from firebox.http.errors import install_error_handlers
+from firebox.http.health import router as health_router
+from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from firebox.services import Services
+
+
+def create_app(services: Services) -> FastAPI:
+    """An app serving ``services``. The caller migrates and bootstraps first (see ``server``)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        services.close()
+
+    app = FastAPI(
+        title="Firebox",
+        version=__version__,
+        description="Self-hostable LLM inference platform: OpenAI-compatible inference "
+        "and a Fireworks-compatible control plane.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(accounts_router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=services.metrics,
+        log_requests=services.settings.access_log,
+    )
+    return app

@@ -1,0 +1,1 @@
+"""One module per noun (and one for the server); each exposes ``register``."""

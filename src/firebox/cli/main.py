@@ -1,0 +1,94 @@
+"""The ``firebox`` command: verb-first commands in the style of Fireworks' firectl.
+
+    firebox serve --port 8000
+    firebox create account acme --plan BUSINESS
+    firebox --account acme list users
+    firebox get account acme -o json
+
+Errors are printed as one ``error: ...`` line on stderr, never as a
+traceback, and the exit code tells a script what happened:
+
+    0  ok
+    1  other API error, or a server error
+    2  usage error
+    3  authentication (401) or permission (403) refused
+    4  not found (404)
+    5  conflict: the resource already exists (409)
+    6  cannot connect to the server
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from firebox.cli.commands import accounts, api_keys, server, users
+from firebox.cli.context import DEFAULT_BASE_URL, GlobalOptions
+from firebox.cli.errors import EXIT_CODES_HELP, CliError
+from firebox.cli.output import OutputFormat
+from firebox.cli.verbs import Verbs
+
+NOUNS = (accounts, users, api_keys)
+
+
+def root_options(
+    ctx: typer.Context,
+    base_url: Annotated[
+        str, typer.Option(envvar="FIREBOX_BASE_URL", help="URL of the Firebox server.")
+    ] = DEFAULT_BASE_URL,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FIREBOX_API_KEY",
+            help="API key; default: the operator key in $FIREBOX_DATA_DIR/credentials.json "
+            "(./.firebox when unset).",
+            show_default=False,
+        ),
+    ] = None,
+    account: Annotated[
+        str | None,
+        typer.Option(envvar="FIREBOX_ACCOUNT", help="Account to act on.", show_default=False),
+    ] = None,
+    output: Annotated[
+        OutputFormat,
+        typer.Option("--output", "-o", help="Output format.", case_sensitive=False),
+    ] = OutputFormat.TABLE,
+) -> None:
+    """Firebox: self-hostable LLM inference, with the control plane around it."""
+    ctx.obj = GlobalOptions(base_url=base_url, api_key=api_key, account=account, output=output)
+
+
+def build_app() -> typer.Typer:
+    """The whole command tree: root options, ``serve``/``db``, and the verb groups."""
+    app = typer.Typer(
+        name="firebox",
+        no_args_is_help=True,
+        epilog=EXIT_CODES_HELP,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(root_options)
+    server.register(app)
+    verbs = Verbs.build()
+    for noun in NOUNS:
+        noun.register(verbs)
+    verbs.attach(app)
+    return app
+
+
+def main() -> None:
+    """Entry point of the ``firebox`` script: run, and map failures to exit codes."""
+    try:
+        build_app()(prog_name="firebox")
+    except CliError as exc:
+        message = Text("error: ", style="bold red") + Text(exc.describe())
+        Console(stderr=True).print(message, highlight=False, soft_wrap=True)
+        sys.exit(int(exc.exit_code))
+
+
+if __name__ == "__main__":
+    main()

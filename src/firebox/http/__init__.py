@@ -1,0 +1,1 @@
+"""Shared HTTP plumbing: auth dependency, error rendering, middleware, health."""

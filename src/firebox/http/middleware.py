@@ -1,0 +1,149 @@
+"""ASGI middleware: request ids, access logs, metrics and the body-size cap.
+
+Written as plain ASGI (not ``BaseHTTPMiddleware``) so it adds microseconds,
+never buffers a streaming answer, and sees a client disconnect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from firebox.http.errors import error_body
+from firebox.telemetry.metrics import Metrics
+
+access_log = logging.getLogger("firebox.access")
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with a 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.max_bytes:
+                    await self._refuse(send)
+                    return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # An HTTPException, because FastAPI turns any other error raised
+                    # while it reads the body into a generic 400.
+                    raise HTTPException(413, detail=self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return (
+            f"The request body is larger than {self.max_bytes} bytes; send less "
+            "(the operator sets the cap with FIREBOX_MAX_BODY_BYTES)."
+        )
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            error_body(
+                self._message(),
+                "invalid_request_error",
+                "payload_too_large",
+                None,
+                "INVALID_ARGUMENT",
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class RequestContextMiddleware:
+    """Give every request an id (``x-request-id``), log it, and count it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+                break
+        if not request_id:
+            request_id = uuid.uuid4().hex
+            scope["headers"] = [*scope["headers"], (b"x-request-id", request_id.encode())]
+        scope.setdefault("state", {})["request_id"] = request_id
+        start = time.perf_counter()
+        status = 500
+        encoded_id = request_id.encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", encoded_id))
+                message["headers"] = headers
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(elapsed)
+            if self.log_requests:
+                principal = scope.get("state", {}).get("principal")
+                access_log.info(
+                    json.dumps(
+                        {
+                            "event": "request",
+                            "requestId": request_id,
+                            "method": method,
+                            "path": scope["path"],
+                            "route": template,
+                            "status": status,
+                            "durationMs": round(elapsed * 1000, 3),
+                            "account": getattr(principal, "account_id", None),
+                            "keyId": getattr(principal, "key_id", None),
+                            "client": (scope.get("client") or ("", 0))[0],
+                        }
+                    )
+                )

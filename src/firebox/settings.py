@@ -1,0 +1,57 @@
+"""Every operator knob, read once from ``FIREBOX_*`` environment variables.
+
+One class so that a reader finds every setting in one place, and so that
+tests build an app from an explicit ``Settings`` object instead of patching
+the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of one Firebox process (gateway replica)."""
+
+    model_config = SettingsConfigDict(env_prefix="FIREBOX_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Path(".firebox")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; unset means a SQLite file in the data dir. "
+        "postgresql://, postgresql+psycopg:// and postgresql+asyncpg:// are accepted.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for shared counters; unset means in-process."
+    )
+    admin_key: str | None = Field(
+        default=None, description="Operator key to register at start; generated when unset."
+    )
+    bootstrap_demo: bool = Field(
+        default=True, description="Create the `demo` account, user and key on first start."
+    )
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    key_cache_ttl_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a resolved API key is trusted from memory. Revocations are "
+        "broadcast at once; the TTL only bounds staleness if a broadcast is missed.",
+    )
+    access_log: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def resolved_database_url(self) -> str:
+        """The database URL to connect to, defaulting to SQLite in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'firebox.db').resolve()}"

@@ -1,0 +1,1 @@
+"""Persistence: the SQLAlchemy base, the database handle and Alembic migrations."""

@@ -1,0 +1,11 @@
+"""Imports every table module so that ``metadata`` knows the whole schema.
+
+Alembic's autogenerate and the schema-drift test read ``metadata`` from here.
+"""
+
+from __future__ import annotations
+
+import firebox.accounts.models  # noqa: F401  (registers tables)
+from firebox.store.base import Base
+
+metadata = Base.metadata

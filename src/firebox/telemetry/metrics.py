@@ -1,0 +1,47 @@
+"""Prometheus metrics of one app instance.
+
+Each app owns its registry (no module-level global), so several apps in one
+test process do not share or clash on counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """The metrics a gateway replica exports on ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "firebox_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "firebox_http_request_duration_seconds",
+            "Time from request start to the last byte of the answer.",
+            ["method", "route"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "firebox_http_requests_in_flight",
+            "Requests being served now.",
+            registry=self.registry,
+        )
+        self.key_cache_entries = Gauge(
+            "firebox_api_key_cache_entries",
+            "API keys resolved and held in this replica's memory.",
+            registry=self.registry,
+        )
+        self.revocation_channel_errors = Counter(
+            "firebox_key_revocation_channel_errors",
+            "Times the cross-replica key revocation channel (Redis) was lost.",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
