@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= dev
+EXTRAS ?= dev,engine
 
-.PHONY: install run test test-fast lint format bench clean
+.PHONY: install run test test-fast lint format bench clean demo-models
 
 # Creates the venv if needed and installs Firebox (editable) with its extras;
 # re-runs only when pyproject.toml changes.
@@ -44,6 +44,12 @@ bench: install
 	@set -e; found=0; for script in bench/*.py; do \
 		[ -e "$$script" ] || continue; found=1; echo "== $$script"; $(BIN)/python "$$script"; \
 	done; [ $$found = 1 ] || echo "no benchmarks in bench/ yet"
+
+# Re-creates models/ (tokenizer, firebox-tiny, its LoRA add-on, README.md) offline, with the
+# defaults that produced the committed weights; about 7 minutes on one CPU core.
+demo-models: install
+	$(BIN)/python scripts/build_demo_models.py --out-dir models --steps 500 --lora-steps 200 \
+		--seed 0 --vocab-size 4096 --threads 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

@@ -18,9 +18,9 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from firebox.accounts.bootstrap import run_bootstrap
 from firebox.app import create_app
 from firebox.clock import FakeClock
+from firebox.server import initialize
 from firebox.services import Services, build_services
 from firebox.settings import Settings
 from firebox.store import migrate
@@ -108,7 +108,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def services(settings: Settings, database: Database, clock: FakeClock) -> Iterator[Services]:
     built = build_services(settings, db=database, clock=clock)
-    run_bootstrap(database, clock, admin_key=OPERATOR_KEY, with_demo=True)
+    initialize(built)
     yield built
     built.revocations.close()
 

@@ -9,9 +9,11 @@ from fastapi import FastAPI
 
 from firebox import __version__
 from firebox.accounts.endpoints import router as accounts_router
+from firebox.catalog.endpoints import router as catalog_router
 from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
 from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from firebox.inference.endpoints import build_router as inference_router
 from firebox.services import Services
 
 
@@ -21,7 +23,7 @@ def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        services.close()
+        await services.aclose()
 
     app = FastAPI(
         title="Firebox",
@@ -34,6 +36,9 @@ def create_app(services: Services) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(accounts_router)
+    app.include_router(catalog_router)
+    app.include_router(inference_router("/v1"))
+    app.include_router(inference_router("/inference/v1"))
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(
         RequestContextMiddleware,

@@ -7,24 +7,37 @@ import sys
 
 import uvicorn
 
-from firebox.accounts.bootstrap import BootstrapResult, run_bootstrap, save_credentials
+from firebox.accounts.bootstrap import BootstrapResult, run_bootstrap
+from firebox.accounts.credentials import save_credentials
 from firebox.app import create_app
+from firebox.catalog.preload import preload
 from firebox.services import Services, build_services
 from firebox.settings import Settings
 from firebox.store import migrate
 
 
-def prepare(settings: Settings) -> tuple[Services, BootstrapResult]:
-    """Create the data dir, migrate the database and run the first-start bootstrap."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    services = build_services(settings)
-    migrate.upgrade(services.db)
+def initialize(services: Services) -> BootstrapResult:
+    """On a migrated database: the first-start bootstrap, then the catalog files.
+
+    Idempotent; every start runs it (and so do the tests' app fixtures).
+    """
+    settings = services.settings
     result = run_bootstrap(
         services.db,
         services.clock,
         admin_key=settings.admin_key,
         with_demo=settings.bootstrap_demo,
     )
+    preload(services.catalog, settings.catalog_file)  # raises CatalogFileError on a bad entry
+    return result
+
+
+def prepare(settings: Settings) -> tuple[Services, BootstrapResult]:
+    """Create the data dir, migrate, initialize, and save the first-start keys."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    services = build_services(settings)
+    migrate.upgrade(services.db)
+    result = initialize(services)
     save_credentials(settings.data_dir, result)
     return services, result
 

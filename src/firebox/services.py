@@ -16,10 +16,17 @@ from firebox.accounts.revocation import (
     RevocationBus,
 )
 from firebox.accounts.service import AccountService, UserService
+from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, SystemClock
+from firebox.inference.embeddings import EmbeddingService
+from firebox.inference.metering import CollectingUsageSink, UsageSink
+from firebox.inference.models import ModelResolver
+from firebox.inference.router import DefaultEngineFactory, EngineFactory, EngineRouter
+from firebox.inference.serving import InferenceService
 from firebox.settings import Settings
 from firebox.store.database import Database
 from firebox.telemetry.metrics import Metrics
+from firebox.telemetry.usage import CountingUsageSink
 
 
 @dataclass
@@ -36,6 +43,16 @@ class Services:
     accounts: AccountService
     users: UserService
     api_keys: ApiKeyService
+    catalog: CatalogService
+    engines: EngineRouter
+    usage: UsageSink
+    inference: InferenceService
+    embeddings: EmbeddingService
+
+    async def aclose(self) -> None:
+        """Stop engines, then release connections (called at app shutdown)."""
+        await self.engines.close()
+        self.close()
 
     def close(self) -> None:
         self.revocations.close()
@@ -43,9 +60,14 @@ class Services:
 
 
 def build_services(
-    settings: Settings, *, db: Database | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    clock: Clock | None = None,
+    engine_factory: EngineFactory | None = None,
+    usage: UsageSink | None = None,
 ) -> Services:
-    """Wire the services for ``settings``; ``db`` and ``clock`` may be injected by tests."""
+    """Wire the services for ``settings``; tests may inject the db, clock, engines and sink."""
     clock = clock or SystemClock()
     db = db or Database(settings.resolved_database_url())
     metrics = Metrics()
@@ -62,6 +84,11 @@ def build_services(
     else:
         revocations = InProcessRevocationBus()
     revocations.subscribe(cache.invalidate)
+    catalog = CatalogService(db, clock, refresh_s=settings.catalog_refresh_s)
+    models = ModelResolver(catalog)
+    engines = EngineRouter(engine_factory or DefaultEngineFactory())
+    recorded = usage or CollectingUsageSink()  # where usage records end up
+    sink = CountingUsageSink(recorded, metrics)
     return Services(
         settings=settings,
         db=db,
@@ -73,4 +100,9 @@ def build_services(
         accounts=AccountService(db, clock),
         users=UserService(db, clock, revocations),
         api_keys=ApiKeyService(db, clock, revocations),
+        catalog=catalog,
+        engines=engines,
+        usage=recorded,
+        inference=InferenceService(models, engines, sink, clock),
+        embeddings=EmbeddingService(models, engines, sink, clock),
     )

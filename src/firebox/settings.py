@@ -42,6 +42,17 @@ class Settings(BaseSettings):
         description="How long a resolved API key is trusted from memory. Revocations are "
         "broadcast at once; the TTL only bounds staleness if a broadcast is missed.",
     )
+    catalog_file: Path | None = Field(
+        default=None,
+        description="TOML file of models to register in the platform account at start "
+        "(docs/api.md, Models); its entries override the bundled catalog.",
+    )
+    catalog_refresh_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How stale a replica's in-memory model index may get before it reloads "
+        "in the background; writes on the same replica apply at once.",
+    )
     access_log: bool = True
     log_level: str = "INFO"
 

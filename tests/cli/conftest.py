@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.runner import ADMIN_KEY, CliResult, clean_env, run_cli
+from tests.cli.runner import ADMIN_KEY, Cli, CliResult, clean_env, run_cli
 from tests.support.server import RunningServer, start_server
-
-Cli = Callable[..., CliResult]
 
 
 @pytest.fixture(scope="module")

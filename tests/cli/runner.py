@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ class CliResult:
 
     def json(self) -> Any:
         return json.loads(self.stdout)
+
+
+Cli = Callable[..., CliResult]  # the ``cli`` fixture: run_cli bound to a server
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> CliResult:

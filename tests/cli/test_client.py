@@ -65,9 +65,12 @@ def test_connection_refused_is_unreachable() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    with ApiClient("http://fb.test", None, transport=httpx.MockTransport(refuse)) as api:
-        with pytest.raises(ServerUnreachable) as caught:
-            api.get("/v1/accounts")
+    transport = httpx.MockTransport(refuse)
+    with (
+        ApiClient("http://fb.test", None, transport=transport) as api,
+        pytest.raises(ServerUnreachable) as caught,
+    ):
+        api.get("/v1/accounts")
     assert caught.value.exit_code == ExitCode.UNREACHABLE
     assert "http://fb.test" in caught.value.describe()
 

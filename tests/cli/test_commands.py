@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.cli.conftest import Cli
-from tests.cli.runner import ADMIN_KEY, CliResult, clean_env, run_cli
+from tests.cli.runner import ADMIN_KEY, Cli, CliResult, clean_env, run_cli
+from tests.support.api import bearer, create_account, member_key
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.slow
@@ -30,17 +31,23 @@ def failed(result: CliResult, code: int) -> CliResult:
     return result
 
 
-def make_account(cli: Cli, account: str, plan: str = "BUSINESS") -> None:
-    ok(cli("create", "account", account, "--plan", plan, "--display-name", "Acme"))
+@pytest.fixture(scope="module")
+def api(server: RunningServer) -> Iterator[httpx.Client]:
+    """Direct HTTP for setting up state quickly; what is under test goes through the CLI."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
 
 
-def make_admin_key(cli: Cli, new_id: NewId) -> tuple[str, str, dict[str, str]]:
-    """A fresh account with an admin user, and that user's new API key object."""
+def make_account(api: httpx.Client, account: str, plan: str = "BUSINESS") -> None:
+    create_account(api, bearer(ADMIN_KEY), account, plan)
+
+
+def make_member(api: httpx.Client, new_id: NewId, role: str = "admin") -> tuple[str, str, str]:
+    """A fresh account with one ``role`` user; returns (account, user, that user's key)."""
     account, user = new_id("acct"), new_id("user")
-    make_account(cli, account)
-    ok(cli("create", "user", user, "--role", "admin", "--account", account))
-    created = ok(cli("create", "api-key", "--user", user, "--account", account, "-o", "json"))
-    return account, user, created.json()
+    make_account(api, account)
+    key = member_key(api, bearer(ADMIN_KEY), account, user, role)
+    return account, user, key
 
 
 def test_serve_prints_url_and_keys(server: RunningServer) -> None:
@@ -55,18 +62,32 @@ def test_serve_prints_url_and_keys(server: RunningServer) -> None:
 
 def test_create_account_with_business_plan(cli: Cli, new_id: NewId) -> None:
     account = new_id("acct")
-    created = ok(cli("create", "account", account, "--plan", "BUSINESS", "-o", "json")).json()
+    created = ok(
+        cli(
+            "create",
+            "account",
+            account,
+            "--plan",
+            "BUSINESS",
+            "--display-name",
+            "Acme",
+            "-o",
+            "json",
+        )
+    ).json()
     assert created["name"] == f"accounts/{account}"
-    assert created["plan"] == "BUSINESS"
+    assert (created["plan"], created["displayName"]) == ("BUSINESS", "Acme")
 
     table = ok(cli("get", "account", account)).stdout
     assert f"accounts/{account}" in table
     assert "BUSINESS" in table
 
 
-def test_global_options_go_before_or_after_the_command(cli: Cli, new_id: NewId) -> None:
+def test_global_options_go_before_or_after_the_command(
+    api: httpx.Client, cli: Cli, new_id: NewId
+) -> None:
     account = new_id("acct")
-    make_account(cli, account)
+    make_account(api, account)
     before = ok(cli("-o", "json", "--account", account, "get", "account")).json()
     after = ok(cli("get", "account", "--account", account, "-o", "json")).json()
     from_env = ok(cli("-o", "json", "get", "account", FIREBOX_ACCOUNT=account)).json()
@@ -74,9 +95,9 @@ def test_global_options_go_before_or_after_the_command(cli: Cli, new_id: NewId) 
     assert before["name"] == f"accounts/{account}"
 
 
-def test_create_user_then_list_and_get(cli: Cli, new_id: NewId) -> None:
+def test_create_user_then_list_update_and_get(api: httpx.Client, cli: Cli, new_id: NewId) -> None:
     account, user = new_id("acct"), new_id("user")
-    make_account(cli, account)
+    make_account(api, account)
     created = ok(
         cli(
             "create", "user", user, "--role", "contributor", "--email", f"{user}@example.com",
@@ -84,11 +105,8 @@ def test_create_user_then_list_and_get(cli: Cli, new_id: NewId) -> None:
         )
     ).json()  # fmt: skip
     assert created["name"] == f"accounts/{account}/users/{user}"
-    assert created["role"] == "contributor"
+    assert (created["role"], created["email"]) == ("contributor", f"{user}@example.com")
 
-    listed = ok(cli("list", "users", "--account", account, "-o", "json")).json()
-    assert [u["name"] for u in listed["users"]] == [created["name"]]
-    assert listed["totalSize"] == 1
     table = ok(cli("list", "users", "--account", account)).stdout
     assert created["name"] in table
     assert "contributor" in table
@@ -100,39 +118,41 @@ def test_create_user_then_list_and_get(cli: Cli, new_id: NewId) -> None:
     assert ok(cli("get", "user", user, "--account", account, "-o", "json")).json() == updated
 
 
-def test_new_api_key_works_until_deleted(cli: Cli, new_id: NewId) -> None:
-    account, user, key = make_admin_key(cli, new_id)
+def test_new_api_key_works_until_deleted(api: httpx.Client, cli: Cli, new_id: NewId) -> None:
+    account, user, _ = make_member(api, new_id)
+    key = ok(
+        cli("create", "api-key", "--user", user, "--account", account, "--display-name", "ci",
+            "-o", "json")
+    ).json()  # fmt: skip
     secret = key["key"]
-    assert secret and key["keyId"]
+    assert secret and key["keyId"] and key["displayName"] == "ci"
 
     as_user = ok(cli("get", "account", account, "-o", "json", api_key=secret)).json()
     assert as_user["name"] == f"accounts/{account}"
 
     listed = ok(cli("list", "api-keys", "--user", user, "--account", account, "-o", "json"))
-    assert [k["keyId"] for k in listed.json()["apiKeys"]] == [key["keyId"]]
+    assert key["keyId"] in [k["keyId"] for k in listed.json()["apiKeys"]]
     assert secret not in listed.stdout
 
     deleted = ok(cli("delete", "api-key", key["keyId"], "--user", user, "--account", account))
     assert key["keyId"] in deleted.stdout
     failed(cli("get", "account", account, api_key=secret), 3)
-    listed_after = ok(cli("list", "api-keys", "--user", user, "--account", account, "-o", "json"))
-    assert listed_after.json()["apiKeys"] == []
 
 
 def test_create_api_key_table_output_puts_only_the_secret_on_stdout(
-    cli: Cli, new_id: NewId
+    api: httpx.Client, cli: Cli, new_id: NewId
 ) -> None:
-    account, user, _ = make_admin_key(cli, new_id)
+    account, user, _ = make_member(api, new_id)
     result = ok(cli("create", "api-key", "--user", user, "--account", account))
     secret = result.stdout.strip()
     assert secret and "\n" not in secret and " " not in secret
     assert "cannot be shown again" in result.stderr
-    ok(cli("get", "account", account, api_key=secret))
+    assert api.get(f"/v1/accounts/{account}", headers=bearer(secret)).status_code == 200
 
 
-def test_update_account_plan(cli: Cli, new_id: NewId) -> None:
+def test_update_account_plan(api: httpx.Client, cli: Cli, new_id: NewId) -> None:
     account = new_id("acct")
-    make_account(cli, account, plan="DEVELOPER")
+    make_account(api, account, plan="DEVELOPER")
     updated = ok(
         cli(
             "update",
@@ -157,22 +177,23 @@ def test_missing_account_exits_4(cli: Cli, new_id: NewId) -> None:
     assert result.stdout == ""
 
 
-def test_creating_an_account_twice_exits_5(cli: Cli, new_id: NewId) -> None:
+def test_creating_an_account_twice_exits_5(api: httpx.Client, cli: Cli, new_id: NewId) -> None:
     account = new_id("acct")
-    make_account(cli, account)
+    make_account(api, account)
     result = failed(cli("create", "account", account), 5)
     assert "already exists" in result.stderr
 
 
 def test_bad_or_missing_key_exits_3(cli: Cli) -> None:
     failed(cli("list", "accounts", api_key="fb_not_a_real_key_0000000000000000"), 3)
-    failed(cli("list", "accounts", api_key=None), 3)
+    no_key = failed(cli("list", "accounts", api_key=None), 3)
+    assert "FIREBOX_API_KEY" in no_key.stderr
 
 
-def test_non_operator_creating_an_account_exits_3(cli: Cli, new_id: NewId) -> None:
-    _, _, key = make_admin_key(cli, new_id)
-    result = failed(cli("create", "account", new_id("acct"), api_key=key["key"]), 3)
-    assert "operator" in result.stderr
+def test_role_without_permission_exits_3(api: httpx.Client, cli: Cli, new_id: NewId) -> None:
+    account, _, key = make_member(api, new_id, role="inference-user")
+    result = failed(cli("list", "users", "--account", account, api_key=key), 3)
+    assert "role" in result.stderr
 
 
 def test_api_key_falls_back_to_saved_operator_key(server: RunningServer, tmp_path: Path) -> None:
@@ -183,14 +204,14 @@ def test_api_key_falls_back_to_saved_operator_key(server: RunningServer, tmp_pat
     assert {"accounts/firebox", "accounts/demo"} <= names
 
 
-def test_list_accounts_as_json_and_table(cli: Cli, new_id: NewId) -> None:
-    made = {new_id("page") for _ in range(3)}
+def test_list_accounts_as_json_and_table(api: httpx.Client, cli: Cli, new_id: NewId) -> None:
+    made = {new_id("list") for _ in range(3)}
     for account in made:
-        make_account(cli, account)
+        make_account(api, account)
     listed = ok(cli("list", "accounts", "-o", "json")).json()
     names = [a["name"] for a in listed["accounts"]]
     assert {f"accounts/{a}" for a in made} <= set(names)
     assert listed["totalSize"] == len(names)
     table = ok(cli("list", "accounts"))
     assert all(f"accounts/{a}" in table.stdout for a in made)
-    assert f"total: {len(names)}" in table.stderr
+    assert "total: " in table.stderr

@@ -1,11 +1,47 @@
-"""Command-line behaviour that needs no running server: usage errors, exit 6, help, db."""
+"""Command-line behaviour that needs no running server: usage errors, exit 6, help, db.
+
+Most run ``main()`` in-process (cheap); the unreachable-server case runs the
+real script once, to see a whole process exit with 6 and no traceback.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.cli.runner import ADMIN_KEY, clean_env, run_cli
+import pytest
+
+from firebox.cli.main import main
+from tests.cli.runner import ADMIN_KEY, CliResult, clean_env, run_cli
+
+RunMain = Callable[..., CliResult]
+
+
+@pytest.fixture
+def run_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> RunMain:
+    """Call ``main()`` with argv, in an environment without FIREBOX_* settings."""
+
+    def run(*args: str, **env: str) -> CliResult:
+        for name in [n for n in os.environ if n.startswith("FIREBOX_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("COLUMNS", "200")
+        monkeypatch.setenv("FIREBOX_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("FIREBOX_API_KEY", ADMIN_KEY)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(sys, "argv", ["firebox", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        captured = capsys.readouterr()
+        code = exited.value.code
+        return CliResult(code if isinstance(code, int) else 1, captured.out, captured.err)
+
+    return run
 
 
 def closed_port_url() -> str:
@@ -17,38 +53,40 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return clean_env(FIREBOX_API_KEY=ADMIN_KEY, FIREBOX_DATA_DIR=str(tmp_path), **extra)
-
-
 def test_server_down_exits_6(tmp_path: Path) -> None:
     url = closed_port_url()
-    result = run_cli("list", "accounts", env=env_for(tmp_path, FIREBOX_BASE_URL=url), cwd=tmp_path)
+    env = clean_env(FIREBOX_BASE_URL=url, FIREBOX_API_KEY=ADMIN_KEY, FIREBOX_DATA_DIR=str(tmp_path))
+    result = run_cli("list", "accounts", env=env, cwd=tmp_path)
     assert result.returncode == 6
     assert result.stderr.startswith("error: Cannot connect")
     assert url in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_command_needing_an_account_without_one_exits_2(tmp_path: Path) -> None:
-    result = run_cli("list", "users", env=env_for(tmp_path), cwd=tmp_path)
+def test_command_needing_an_account_without_one_exits_2(run_main: RunMain) -> None:
+    result = run_main("list", "users")
     assert result.returncode == 2
+    assert result.stderr.startswith("error: No account given")
     assert "--account" in result.stderr and "FIREBOX_ACCOUNT" in result.stderr
 
 
-def test_typer_usage_errors_exit_2(tmp_path: Path) -> None:
-    env = env_for(tmp_path, FIREBOX_ACCOUNT="acme")
-    assert run_cli("create", "user", "bob", env=env, cwd=tmp_path).returncode == 2  # no --role
-    bad_time = run_cli(
-        "create", "api-key", "--user", "bob", "--expire-time", "tomorrow", env=env, cwd=tmp_path
+def test_typer_usage_errors_exit_2(run_main: RunMain) -> None:
+    assert run_main("create", "user", "bob", FIREBOX_ACCOUNT="acme").returncode == 2  # no --role
+    bad_time = run_main(
+        "create", "api-key", "--user", "bob", "--expire-time", "tomorrow", FIREBOX_ACCOUNT="acme"
     )
     assert bad_time.returncode == 2
     assert "RFC 3339" in bad_time.stderr
-    assert run_cli("update", "account", env=env, cwd=tmp_path).returncode == 2  # nothing to set
+    naive = run_main("create", "api-key", "--user", "bob", "--expire-time", "2030-01-01T00:00:00")
+    assert naive.returncode == 2
+    assert "time zone" in naive.stderr
+    nothing = run_main("update", "account", "acme")
+    assert nothing.returncode == 2
+    assert "Nothing to update" in nothing.stderr
 
 
-def test_help_documents_exit_codes(tmp_path: Path) -> None:
-    result = run_cli("--help", env=env_for(tmp_path), cwd=tmp_path)
+def test_help_documents_exit_codes(run_main: RunMain) -> None:
+    result = run_main("--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     for phrase in ("4 not found", "5 conflict", "6 cannot connect", "3 authentication"):
@@ -57,16 +95,11 @@ def test_help_documents_exit_codes(tmp_path: Path) -> None:
         assert verb in result.stdout
 
 
-def test_db_upgrade_creates_a_migrated_sqlite_database(tmp_path: Path) -> None:
+def test_db_upgrade_creates_a_migrated_sqlite_database(run_main: RunMain, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    result = run_cli(
-        "db", "upgrade", "--data-dir", str(data_dir), env=env_for(tmp_path), cwd=tmp_path
-    )
+    result = run_main("db", "upgrade", "--data-dir", str(data_dir))
     assert result.returncode == 0, result.stderr
     assert "revision" in result.stdout
     assert (data_dir / "firebox.db").exists()
-    again = run_cli(
-        "db", "upgrade", "--data-dir", str(data_dir), env=env_for(tmp_path), cwd=tmp_path
-    )
-    assert again.returncode == 0
-    assert again.stdout == result.stdout
+    again = run_main("db", "upgrade", "--data-dir", str(data_dir))
+    assert (again.returncode, again.stdout) == (0, result.stdout)

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from fastapi.testclient import TestClient
 
-from firebox.store import migrate
 from firebox.services import Services
+from firebox.store import migrate
 
 
 def test_malformed_json_is_a_clear_400(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi.testclient import TestClient
+import httpx
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -18,7 +18,7 @@ def ok(response: Any) -> dict[str, Any]:
 
 
 def create_account(
-    client: TestClient, operator: dict[str, str], account: str, plan: str = "BUSINESS"
+    client: httpx.Client, operator: dict[str, str], account: str, plan: str = "BUSINESS"
 ) -> dict[str, Any]:
     return ok(
         client.post(
@@ -30,7 +30,7 @@ def create_account(
 
 
 def create_user(
-    client: TestClient,
+    client: httpx.Client,
     headers: dict[str, str],
     account: str,
     user: str,
@@ -46,7 +46,7 @@ def create_user(
 
 
 def create_key(
-    client: TestClient, headers: dict[str, str], account: str, user: str, **spec: Any
+    client: httpx.Client, headers: dict[str, str], account: str, user: str, **spec: Any
 ) -> dict[str, Any]:
     return ok(
         client.post(
@@ -56,7 +56,7 @@ def create_key(
 
 
 def member_key(
-    client: TestClient, operator: dict[str, str], account: str, user: str, role: str
+    client: httpx.Client, operator: dict[str, str], account: str, user: str, role: str
 ) -> str:
     """Create ``user`` with ``role`` in ``account`` and return a fresh key of theirs."""
     create_user(client, operator, account, user, role, email=f"{user}@{account}.example.com")

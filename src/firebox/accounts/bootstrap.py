@@ -7,12 +7,10 @@ registered on the next start.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from firebox.accounts import repository as repo
+from firebox.accounts.credentials import DEMO_ACCOUNT
 from firebox.accounts.key_service import ApiKeyService
 from firebox.accounts.keys import hash_secret
 from firebox.accounts.models import AccountRow, UserRow
@@ -22,7 +20,6 @@ from firebox.store.database import Database
 
 PLATFORM_ACCOUNT = "firebox"
 OPERATOR_USER = "operator"
-DEMO_ACCOUNT = "demo"
 DEMO_USER = "demo"
 
 
@@ -117,35 +114,3 @@ def run_bootstrap(
             result.demo_key = secret
             result.created.append(f"accounts/{DEMO_ACCOUNT} with user {DEMO_USER}")
     return result
-
-
-def save_credentials(data_dir: Path, result: BootstrapResult) -> Path:
-    """Keep the keys made on first start in ``data_dir/credentials.json`` (mode 0600).
-
-    The secrets exist nowhere else (only hashes are stored), and a local
-    operator needs them again after the first start's output scrolled away.
-    """
-    path = data_dir / "credentials.json"
-    saved: dict[str, str] = {}
-    if path.exists():
-        saved = json.loads(path.read_text())
-    if result.operator_key:
-        saved["operatorKey"] = result.operator_key
-    if result.demo_key:
-        saved["demoKey"] = result.demo_key
-        saved["demoAccount"] = DEMO_ACCOUNT
-    if result.operator_key or result.demo_key:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(saved, handle, indent=2)
-    return path
-
-
-def load_credentials(data_dir: Path) -> dict[str, str]:
-    """The saved first-start keys, or an empty dict."""
-    path = data_dir / "credentials.json"
-    if not path.exists():
-        return {}
-    loaded = json.loads(path.read_text())
-    return {str(k): str(v) for k, v in loaded.items()}

@@ -15,7 +15,8 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.text import Text
 
-from firebox.accounts.bootstrap import DEMO_ACCOUNT, BootstrapResult, load_credentials
+from firebox.accounts.bootstrap import BootstrapResult
+from firebox.accounts.credentials import DEMO_ACCOUNT, load_credentials
 from firebox.cli.context import DEFAULT_BASE_URL
 from firebox.settings import Settings
 

@@ -22,6 +22,10 @@ JSONObject = dict[str, Any]
 
 DEFAULT_TIMEOUT_S = 30.0
 PAGE_SIZE = 200  # the most the API serves per page
+_NO_KEY_HINT = (
+    " No API key was found: pass --api-key or set FIREBOX_API_KEY (a local server's "
+    "operator key is read from $FIREBOX_DATA_DIR/credentials.json)."
+)
 
 
 def segment(value: str) -> str:
@@ -52,6 +56,7 @@ class ApiClient:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.base_url = base_url.rstrip("/")
+        self.has_key = bool(api_key)
         try:
             self._http = httpx.Client(
                 base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
@@ -126,7 +131,10 @@ class ApiClient:
                 f"The request to {self.base_url} failed: {type(exc).__name__}: {exc}"
             ) from None
         if response.is_error:
-            raise error_from_response(response)
+            error = error_from_response(response)
+            if response.status_code == 401 and not self.has_key:
+                error.message += _NO_KEY_HINT
+            raise error
         return _json_object(response)
 
 

@@ -60,7 +60,7 @@ def data_dir_from_env() -> Path:
 
 def saved_operator_key(data_dir: Path) -> str | None:
     """The operator key from ``credentials.json``, if a local first start saved one."""
-    from firebox.accounts.bootstrap import load_credentials  # imported only when needed
+    from firebox.accounts.credentials import load_credentials
 
     try:
         return load_credentials(data_dir).get("operatorKey") or None

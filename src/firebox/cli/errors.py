@@ -34,12 +34,16 @@ EXIT_CODES_HELP = (
     "5 conflict / already exists (409); 6 cannot connect to the server."
 )
 
-_EXIT_BY_STATUS = {
-    401: ExitCode.AUTH,
-    403: ExitCode.AUTH,
-    404: ExitCode.NOT_FOUND,
-    409: ExitCode.CONFLICT,
-}
+
+def exit_code_for(status: int) -> ExitCode:
+    """The exit code of an HTTP error status."""
+    if status in (401, 403):
+        return ExitCode.AUTH
+    if status == 404:
+        return ExitCode.NOT_FOUND
+    if status == 409:
+        return ExitCode.CONFLICT
+    return ExitCode.API_ERROR
 
 
 class CliError(Exception):
@@ -76,7 +80,7 @@ class ApiError(CliError):
         self.status = status
         self.code = code
         self.error_type = error_type
-        self.exit_code = _EXIT_BY_STATUS.get(status, ExitCode.API_ERROR)
+        self.exit_code = exit_code_for(status)
 
     def describe(self) -> str:
         return f"{self.message} ({self.code})" if self.code else self.message

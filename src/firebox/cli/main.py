@@ -6,15 +6,9 @@
     firebox get account acme -o json
 
 Errors are printed as one ``error: ...`` line on stderr, never as a
-traceback, and the exit code tells a script what happened:
-
-    0  ok
-    1  other API error, or a server error
-    2  usage error
-    3  authentication (401) or permission (403) refused
-    4  not found (404)
-    5  conflict: the resource already exists (409)
-    6  cannot connect to the server
+traceback, and the exit code tells a script what happened (0 ok, 1 API or
+server error, 2 usage, 3 auth, 4 not found, 5 conflict, 6 unreachable; the
+contract is ``errors.ExitCode`` and ``firebox --help`` prints it).
 """
 
 from __future__ import annotations

@@ -43,5 +43,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.usage_records = Counter(
+            "firebox_usage_records",
+            "Usage records emitted (one per admitted inference request), by kind and outcome.",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "firebox_tokens",
+            "Tokens metered, by request kind and token type.",
+            ["kind", "type"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

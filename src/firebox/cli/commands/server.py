@@ -68,9 +68,13 @@ def serve(
         database_url=database_url,
         redis_url=redis_url,
     )
+    from firebox.catalog.preload import CatalogFileError
     from firebox.server import serve as run_server
 
-    run_server(settings)
+    try:
+        run_server(settings)
+    except CatalogFileError as exc:  # a bad catalog file is the operator's to fix: one line
+        raise CliError(f"cannot start: {exc}") from None
 
 
 def db_upgrade(

@@ -1,0 +1,1 @@
+"""Inference: OpenAI-compatible routes, the engine protocol and the router to engines."""

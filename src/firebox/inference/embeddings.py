@@ -1,0 +1,83 @@
+"""Embeddings: validate, embed, answer in the OpenAI shape, meter."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import Any
+
+from firebox.accounts.principal import Principal
+from firebox.accounts.roles import Permission
+from firebox.clock import Clock
+from firebox.inference.engine import EmbeddingRequest
+from firebox.inference.metering import UsageRecord, UsageSink
+from firebox.inference.models import ModelResolver
+from firebox.inference.protocol import EmbeddingCreate
+from firebox.inference.router import EngineRouter
+
+
+def encode_base64(vector: list[float]) -> str:
+    """Little-endian float32, base64 — what the OpenAI client decodes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+class EmbeddingService:
+    """Serves ``/embeddings`` for embedding models in the catalog."""
+
+    def __init__(
+        self, models: ModelResolver, router: EngineRouter, usage: UsageSink, clock: Clock
+    ) -> None:
+        self._models = models
+        self._router = router
+        self._usage = usage
+        self._clock = clock
+
+    async def embed(
+        self, principal: Principal, body: EmbeddingCreate, request_id: str
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        principal.require(principal.account_id, Permission.INFERENCE)
+        model = self._models.resolve_embedding(principal.account_id, body.model)
+        inputs = body.inputs()
+        engine = await self._router.embedding_engine(model)
+        started = time.perf_counter()
+        result = await engine.embed(
+            EmbeddingRequest(
+                request_id=request_id,
+                model=model.engine_model,
+                inputs=inputs,
+                dimensions=body.dimensions,
+            )
+        )
+        self._usage.record(
+            UsageRecord(
+                request_id=request_id,
+                account_id=principal.account_id,
+                model=model.name,
+                base_model=model.billing_model,
+                kind="embedding",
+                time=self._clock.now(),
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=0,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        )
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": encode_base64(v) if body.encoding_format == "base64" else v,
+            }
+            for i, v in enumerate(result.vectors)
+        ]
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": body.model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+        headers = {
+            "fireworks-prompt-tokens": str(result.prompt_tokens),
+            "fireworks-cached-prompt-tokens": "0",
+        }
+        return answer, headers

@@ -1,0 +1,137 @@
+"""OpenAI-compatible inference routes, under both ``/inference/v1`` and ``/v1``.
+
+Bodies are parsed here from raw JSON so that every problem is a 400 in the
+OpenAI error shape that names the parameter, before any work is done.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from firebox.errors import InvalidArgument
+from firebox.http.auth import CurrentPrincipal
+from firebox.http.responses import JSONResponse
+from firebox.http.sse import DONE, sse_event
+from firebox.inference.embeddings import EmbeddingService
+from firebox.inference.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingCreate
+from firebox.inference.serving import Answer, InferenceService, StreamingAnswer
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
+    """The request body validated as ``model``; any problem is a 400 naming the field."""
+    raw = await request.body()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(
+            f"The request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("The request body must be a JSON object.", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        if first.get("type") == "missing":
+            raise InvalidArgument(
+                f"Missing required parameter {param!r}.", code="missing_parameter", param=param
+            ) from None
+        if first.get("type") == "extra_forbidden":
+            raise InvalidArgument(
+                f"Unknown parameter {param!r}.", code="unknown_parameter", param=param
+            ) from None
+        raise InvalidArgument(
+            f"Invalid value for {param!r}: {first.get('msg', 'invalid')}.", param=param
+        ) from None
+
+
+def _request_id(request: Request) -> str:
+    return str(
+        request.scope.get("state", {}).get("request_id") or request.headers.get("x-request-id", "")
+    )
+
+
+def _inference(request: Request) -> InferenceService:
+    service: InferenceService = request.app.state.services.inference
+    return service
+
+
+def _render(answer: Answer | StreamingAnswer) -> Response:
+    if isinstance(answer, Answer):
+        return JSONResponse(answer.body, headers=answer.headers)
+
+    async def body() -> Any:
+        async for chunk in answer.chunks:
+            yield sse_event(chunk)
+        yield DONE
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={**answer.headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+def build_router(prefix: str) -> APIRouter:
+    """The inference routes under ``prefix`` (``/v1`` or ``/inference/v1``)."""
+    router = APIRouter(prefix=prefix, tags=["inference"])
+
+    @router.post("/chat/completions")
+    async def chat_completions(request: Request, principal: CurrentPrincipal) -> Response:
+        """Chat completion, streaming (SSE) or not, in the OpenAI format."""
+        body = await parse_body(request, ChatCompletionRequest)
+        return _render(await _inference(request).generate(principal, body, _request_id(request)))
+
+    @router.post("/completions")
+    async def completions(request: Request, principal: CurrentPrincipal) -> Response:
+        """Text completion, streaming (SSE) or not, in the OpenAI format."""
+        body = await parse_body(request, CompletionRequest)
+        return _render(await _inference(request).generate(principal, body, _request_id(request)))
+
+    @router.post("/embeddings")
+    async def embeddings(request: Request, principal: CurrentPrincipal) -> Response:
+        body = await parse_body(request, EmbeddingCreate)
+        service: EmbeddingService = request.app.state.services.embeddings
+        answer, headers = await service.embed(principal, body, _request_id(request))
+        return JSONResponse(answer, headers=headers)
+
+    @router.get("/models")
+    async def list_models(request: Request, principal: CurrentPrincipal) -> Response:
+        """Models this caller may use, in the OpenAI list shape."""
+        models = request.app.state.services.catalog.visible_models(principal.account_id)
+        data = [
+            {
+                "id": m.name,
+                "object": "model",
+                "created": int(m.create_time.timestamp()) if getattr(m, "create_time", None) else 0,
+                "owned_by": m.account_id,
+                "kind": m.kind.value,
+                "context_length": m.context_length,
+            }
+            for m in models
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @router.get("/models/{model_path:path}")
+    async def get_model(request: Request, principal: CurrentPrincipal, model_path: str) -> Response:
+        m = request.app.state.services.catalog.resolve(principal.account_id, model_path)
+        return JSONResponse(
+            {
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": m.account_id,
+                "kind": m.kind.value,
+                "context_length": m.context_length,
+            }
+        )
+
+    return router

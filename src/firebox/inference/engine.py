@@ -1,0 +1,184 @@
+"""The engine protocol: what the gateway asks of anything that runs a model.
+
+An engine knows nothing of HTTP, accounts or billing. It receives a
+``GenerationRequest`` (already validated and resolved by the gateway) and
+yields ``GenerationEvent``s; the serving layer turns them into OpenAI JSON or
+SSE chunks. Cancelling is closing the iterator (``aclose``): an engine must
+stop work and free its resources when that happens, at any ``await``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from firebox.errors import FireboxError
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Per-request sampling; defaults follow the OpenAI API."""
+
+    max_tokens: int | None = None  # None: up to the context length
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    n: int = 1
+    echo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One text generation, chat or plain completion, addressed to an engine."""
+
+    request_id: str
+    model: str  # the engine's own name for the model (e.g. the upstream's model id)
+    kind: Literal["chat", "completion"]
+    params: SamplingParams
+    messages: list[dict[str, Any]] | None = None  # chat: OpenAI message dicts
+    prompt: str | list[int] | None = None  # completion
+    adapter: str | None = None  # the LoRA add-on's name at the engine, if any
+    context_length: int = 0  # 0: the engine's own limit
+    truncate_max_tokens: bool = False  # cap max_tokens instead of refusing
+    prompt_cache_max_len: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # pass-through params (tools, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptInfo:
+    """Optional first event: the prompt's token counts, known before any output.
+
+    Lets a streaming answer carry ``fireworks-prompt-tokens`` headers. Engines
+    that learn the counts only at the end (an upstream) skip it.
+    """
+
+    prompt_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """New output of one choice. ``logprobs`` is in the OpenAI shape of its kind."""
+
+    index: int
+    text: str = ""
+    role: str | None = None
+    logprobs: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    token_count: int = 0  # tokens this delta carries, when the engine knows
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceFinished:
+    """A choice ended: ``stop``, ``length``, ``tool_calls`` or ``content_filter``."""
+
+    index: int
+    finish_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """Token counts of the whole request, sent once, last."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+GenerationEvent = PromptInfo | TextDelta | ChoiceFinished | UsageReport
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCapabilities:
+    """What an engine honours beyond the core sampling parameters.
+
+    The gateway refuses a request that uses a parameter its engine does not
+    list here, naming the parameter, instead of silently ignoring it.
+    """
+
+    params: frozenset[str]  # optional OpenAI parameters honoured (e.g. "logprobs", "tools")
+    passthrough: frozenset[str] = frozenset()  # sent to the engine verbatim in ``extra``
+    vision: bool = False
+
+
+class TextEngine(Protocol):
+    """Runs chat and completion requests for one or more models."""
+
+    capabilities: EngineCapabilities
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream the events of ``request``; closing the iterator cancels it."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections, threads and memory."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    request_id: str
+    model: str
+    inputs: list[str] | list[list[int]]
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class EmbeddingEngine(Protocol):
+    """Turns texts into vectors."""
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult: ...
+
+    async def close(self) -> None: ...
+
+
+class ContextLengthExceeded(FireboxError):
+    """Prompt plus ``max_tokens`` does not fit the model's context."""
+
+    http_status = 400
+    status = "INVALID_ARGUMENT"
+    error_type = "invalid_request_error"
+    default_code = "context_length_exceeded"
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int) -> None:
+        super().__init__(
+            f"The prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the "
+            f"model's context length ({context_length} tokens). Shorten the prompt, lower "
+            'max_tokens, or pass context_length_exceeded_behavior: "truncate".',
+            param="max_tokens",
+        )
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_length = context_length
+
+
+class UpstreamError(FireboxError):
+    """The engine's upstream server failed or answered with an error."""
+
+    http_status = 502
+    status = "UNAVAILABLE"
+    error_type = "upstream_error"
+    default_code = "upstream_error"
+
+
+class UpstreamTimeout(FireboxError):
+    """The engine's upstream server did not answer in time."""
+
+    http_status = 504
+    status = "DEADLINE_EXCEEDED"
+    error_type = "upstream_error"
+    default_code = "upstream_timeout"

@@ -1,0 +1,7 @@
+"""The in-process engines: models run inside the Firebox process itself.
+
+Importing this package is cheap on purpose: torch and transformers load only
+when an engine module is imported (``firebox.inference.local.embedding`` for
+``SentenceEmbeddingEngine``), so the gateway, CLI and tests that do not run a
+local model never pay for them.
+"""

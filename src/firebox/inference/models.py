@@ -1,0 +1,104 @@
+"""Model names as the inference routes receive them, resolved for serving.
+
+Accepts a catalog name (``accounts/{a}/models/{m}``, or a bare ``m`` for a
+public model of the platform account) and refuses, with a clear error, a
+model of the wrong kind for the route. ``ModelRef`` is what serving needs of
+a model: the engine binding, the name the engine knows, the add-on to apply,
+and the model whose price applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from firebox.catalog.binding import EngineBinding
+from firebox.catalog.index import ResolvedModel
+from firebox.catalog.kinds import ModelKind
+from firebox.errors import FailedPrecondition, InvalidArgument, NotFound
+
+
+class CatalogLookup(Protocol):
+    def resolve(self, account_id: str, name: str) -> ResolvedModel: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A model ready to be served."""
+
+    name: str  # the catalog name the caller used, normalised
+    kind: ModelKind
+    binding: EngineBinding
+    engine_model: str  # the model's name at its engine
+    adapter: str | None  # the LoRA add-on's name at the engine
+    billing_model: str  # the model whose price applies (an add-on's base)
+    context_length: int
+    vision: bool
+    deployment: str | None = None
+
+
+class ModelResolver:
+    """Turns the ``model`` field of a request into a ``ModelRef``."""
+
+    def __init__(self, catalog: CatalogLookup) -> None:
+        self._catalog = catalog
+
+    def _resolve(self, account_id: str, name: str) -> ResolvedModel:
+        if "#" in name or "/deployments/" in name:
+            raise NotFound(
+                f"Deployment {name!r} was not found. On-demand deployments are not offered "
+                "by this server yet; call the model by its catalog name.",
+                code="deployment_not_found",
+                param="model",
+            )
+        model = self._catalog.resolve(account_id, name)
+        if model.engine is None:
+            raise FailedPrecondition(
+                f"Model {model.name!r} has no engine bound, so it cannot be served; the "
+                "operator sets one in the catalog.",
+                code="model_not_served",
+                param="model",
+            )
+        return model
+
+    def resolve_text(self, account_id: str, name: str) -> ModelRef:
+        model = self._resolve(account_id, name)
+        if model.kind not in (ModelKind.TEXT_BASE, ModelKind.LORA_ADDON):
+            raise InvalidArgument(
+                f"Model {model.name!r} is a {model.kind.name.lower()} model; chat and "
+                "completions need a text model.",
+                code="wrong_model_kind",
+                param="model",
+            )
+        return self._ref(model)
+
+    def resolve_embedding(self, account_id: str, name: str) -> ModelRef:
+        model = self._resolve(account_id, name)
+        if model.kind is not ModelKind.EMBEDDING:
+            raise InvalidArgument(
+                f"Model {model.name!r} is not an embedding model; use one whose kind is "
+                "EMBEDDING_MODEL.",
+                code="wrong_model_kind",
+                param="model",
+            )
+        return self._ref(model)
+
+    @staticmethod
+    def _ref(model: ResolvedModel) -> ModelRef:
+        assert model.engine is not None
+        adapter = None
+        if model.adapter is not None:
+            adapter = model.adapter.upstream_adapter or model.adapter.name
+        engine_model = getattr(model.engine, "upstream_model", None) or (
+            model.base_model or model.name
+        )
+        return ModelRef(
+            name=model.name,
+            kind=model.kind,
+            binding=model.engine,
+            engine_model=engine_model,
+            adapter=adapter,
+            billing_model=model.base_model or model.name,
+            context_length=model.context_length or 0,
+            vision=model.supports_image_input,
+        )

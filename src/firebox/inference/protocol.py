@@ -1,0 +1,273 @@
+"""OpenAI-compatible request bodies, validated before any work is done.
+
+Unknown parameters are refused, naming the parameter, rather than ignored:
+a client that asks for something Firebox would not do must find out. Known
+Fireworks/OpenAI parameters that Firebox does not implement get their own
+message. Which optional parameters a request may use also depends on the
+engine serving the model (``EngineCapabilities``): ``optional_params_used``
+tells the serving layer what to check.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from firebox.errors import InvalidArgument
+
+# Parameters that the Fireworks or OpenAI APIs define but Firebox does not implement.
+NOT_IMPLEMENTED = frozenset(
+    {
+        "echo_last",
+        "functions",
+        "function_call",
+        "ignore_eos",
+        "metadata",
+        "mirostat_lr",
+        "mirostat_target",
+        "prediction",
+        "prompt_cache_isolation_key",
+        "prompt_cache_key",
+        "prompt_truncate_len",
+        "raw_output",
+        "reasoning_effort",
+        "reasoning_history",
+        "return_token_ids",
+        "safe_tokenization",
+        "service_tier",
+        "speculation",
+        "thinking",
+        "typical_p",
+        "modalities",
+        "audio",
+        "store",
+        "web_search_options",
+        "suffix",
+        "best_of",
+        "images",
+    }
+)
+
+# Optional parameters an engine must declare to be used (everything else is core).
+OPTIONAL_PARAMS = frozenset(
+    {
+        "logprobs",
+        "top_logprobs",
+        "echo",
+        "seed",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "logit_bias",
+        "parallel_tool_calls",
+        "prompt_cache_max_len",
+    }
+)
+# Those the engine receives verbatim (they have no SamplingParams field).
+PASSTHROUGH = frozenset({"tools", "tool_choice", "logit_bias", "parallel_tool_calls"})
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema", "grammar"]
+
+
+class _GenerationBody(BaseModel):
+    """Fields shared by chat and completions."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    model: str = Field(min_length=1, max_length=512)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0, le=100_000)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+    user: str | None = Field(default=None, max_length=256)
+    response_format: ResponseFormat | None = None
+    prompt_cache_max_len: int | None = Field(default=None, ge=0)
+    perf_metrics_in_response: bool = False
+    context_length_exceeded_behavior: Literal["error", "truncate"] = "error"
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    logit_bias: dict[str, float] | None = None
+    parallel_tool_calls: bool | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > 16:
+            raise ValueError("at most 16 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _no_unknown(self) -> _GenerationBody:
+        for name in self.model_extra or {}:
+            if name in NOT_IMPLEMENTED:
+                raise InvalidArgument(
+                    f"Parameter {name!r} is not supported by Firebox; remove it.",
+                    code="unsupported_parameter",
+                    param=name,
+                )
+            raise InvalidArgument(
+                f"Unknown parameter {name!r}; see the API reference for the accepted ones.",
+                code="unknown_parameter",
+                param=name,
+            )
+        both = self.max_tokens is not None and self.max_completion_tokens is not None
+        if both and self.max_tokens != self.max_completion_tokens:
+            raise InvalidArgument(
+                "max_tokens and max_completion_tokens disagree; send only one.",
+                param="max_completion_tokens",
+            )
+        return self
+
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def token_limit(self) -> int | None:
+        return self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
+
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def optional_params_used(self) -> list[str]:
+        """Optional parameters set to a non-default value, for the engine check."""
+        used = []
+        for name in sorted(OPTIONAL_PARAMS & self.model_fields_set):
+            value = getattr(self, name)
+            if value in (None, False, 0) and name not in ("seed",):
+                continue
+            if name == "response_format" and value is not None and value.type == "text":
+                continue
+            if name == "repetition_penalty" and value == 1.0:
+                continue
+            used.append(name)
+        return used
+
+    def passthrough(self) -> dict[str, Any]:
+        """The verbatim parameters, for engines that take them."""
+        out: dict[str, Any] = {}
+        for name in PASSTHROUGH:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.response_format is not None and self.response_format.type != "text":
+            out["response_format"] = self.response_format.model_dump(exclude_none=True)
+        return out
+
+
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageUrl | None = None
+
+    @model_validator(mode="after")
+    def _matches_type(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs 'text'")
+        if self.type == "image_url" and self.image_url is None:
+            raise ValueError("an image_url part needs 'image_url'")
+        return self
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def image_count(self) -> int:
+        if isinstance(self.content, list):
+            return sum(1 for part in self.content if part.type == "image_url")
+        return 0
+
+
+class ChatCompletionRequest(_GenerationBody):
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+
+    def image_count(self) -> int:
+        return sum(m.image_count() for m in self.messages)
+
+    def optional_params_used(self) -> list[str]:
+        used = super().optional_params_used()
+        if self.logprobs and "logprobs" not in used:
+            used.append("logprobs")
+        return used
+
+
+class CompletionRequest(_GenerationBody):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt must not be empty")
+        return value
+
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompts of a (possibly batched) request."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and isinstance(p[0], int):
+            return [p]
+        return p  # type: ignore[return-value]
+
+
+class EmbeddingCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=512)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = Field(default=None, max_length=256)
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if not value:
+            raise InvalidArgument("input must not be empty.", param="input")
+        if isinstance(value[0], int):
+            return [value]
+        if len(value) > 2048:
+            raise InvalidArgument("At most 2048 inputs per request.", param="input")
+        return value

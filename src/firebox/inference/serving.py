@@ -1,0 +1,306 @@
+"""Chat and completions: validate against the model and engine, run, answer, meter.
+
+Shared by the chat and completions routes; the wire shapes of each live in
+``responses.py``. Exactly one usage record is emitted per admitted request,
+from the ``finally`` of the run, whatever way it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+
+from firebox.accounts.principal import Principal
+from firebox.accounts.roles import Permission
+from firebox.clock import Clock
+from firebox.errors import InvalidArgument
+from firebox.inference import responses
+from firebox.inference.engine import (
+    ChoiceFinished,
+    GenerationRequest,
+    PromptInfo,
+    SamplingParams,
+    TextDelta,
+    TextEngine,
+    UsageReport,
+)
+from firebox.inference.metering import Outcome, UsageRecord, UsageSink
+from firebox.inference.models import ModelRef, ModelResolver
+from firebox.inference.protocol import ChatCompletionRequest, CompletionRequest
+from firebox.inference.router import EngineRouter
+from firebox.inference.run import GenerationRun
+
+log = logging.getLogger("firebox.inference")
+
+IMAGE_PROMPT_TOKENS = 576  # SPEC §2: each image in a prompt is billed as 576 prompt tokens
+
+Body = ChatCompletionRequest | CompletionRequest
+
+
+@dataclass
+class Answer:
+    """A finished, non-streaming answer."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass
+class StreamingAnswer:
+    """Headers known before the first chunk, and the chunks (OpenAI dicts)."""
+
+    headers: dict[str, str]
+    chunks: AsyncIterator[dict[str, Any]]
+
+
+class InferenceService:
+    """Serves chat and completion requests for any model in the catalog."""
+
+    def __init__(
+        self, models: ModelResolver, router: EngineRouter, usage: UsageSink, clock: Clock
+    ) -> None:
+        self._models = models
+        self._router = router
+        self._usage = usage
+        self._clock = clock
+
+    async def generate(
+        self, principal: Principal, body: Body, request_id: str
+    ) -> Answer | StreamingAnswer:
+        """Answer a chat (``ChatCompletionRequest``) or completions request."""
+        principal.require(principal.account_id, Permission.INFERENCE)
+        kind: Literal["chat", "completion"] = (
+            "chat" if isinstance(body, ChatCompletionRequest) else "completion"
+        )
+        model = self._models.resolve_text(principal.account_id, body.model)
+        engine = self._router.text_engine(model)
+        images = body.image_count() if isinstance(body, ChatCompletionRequest) else 0
+        self._check(body, model, engine, images)
+        requests = self._engine_requests(body, kind, model, request_id)
+        run = GenerationRun(engine, requests, body.n)
+        meter = _Meter(self._usage, self._clock, principal, model, kind, request_id, images)
+        shape = responses.Shape(kind, request_id, body.model, int(time.time()))
+        if body.stream:
+            return await self._stream(run, meter, shape, body)
+        return await self._complete(run, meter, shape, body)
+
+    def _check(self, body: Body, model: ModelRef, engine: TextEngine, images: int) -> None:
+        """Refuse what the model or its engine cannot do, naming the parameter."""
+        if images and not model.vision:
+            raise InvalidArgument(
+                f"Model {model.name!r} does not accept images; remove the image_url parts "
+                "or use a vision model.",
+                code="images_not_supported",
+                param="messages",
+            )
+        for name in body.optional_params_used():
+            if name not in engine.capabilities.params:
+                raise InvalidArgument(
+                    f"Parameter {name!r} is not supported by the engine serving "
+                    f"{model.name!r}; remove it.",
+                    code="unsupported_parameter",
+                    param=name,
+                )
+        if body.echo and body.stream and isinstance(body, CompletionRequest):
+            raise InvalidArgument("echo cannot be combined with stream.", param="echo")
+
+    def _engine_requests(
+        self, body: Body, kind: Literal["chat", "completion"], model: ModelRef, request_id: str
+    ) -> list[GenerationRequest]:
+        top_logprobs = body.top_logprobs or 0
+        wants_logprobs = (
+            body.logprobs if isinstance(body, ChatCompletionRequest) else body.logprobs is not None
+        )
+        if isinstance(body, CompletionRequest) and body.logprobs:
+            top_logprobs = body.logprobs
+        params = SamplingParams(
+            max_tokens=body.token_limit(),
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=body.top_k or 0,
+            min_p=body.min_p or 0.0,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            repetition_penalty=body.repetition_penalty or 1.0,
+            stop=body.stops(),
+            seed=body.seed,
+            logprobs=bool(wants_logprobs),
+            top_logprobs=top_logprobs,
+            n=body.n,
+            echo=body.echo,
+        )
+        common: dict[str, Any] = {
+            "model": model.engine_model,
+            "kind": kind,
+            "params": params,
+            "adapter": model.adapter,
+            "context_length": model.context_length,
+            "truncate_max_tokens": body.context_length_exceeded_behavior == "truncate",
+            "prompt_cache_max_len": body.prompt_cache_max_len,
+            "extra": body.passthrough(),
+        }
+        if isinstance(body, ChatCompletionRequest):
+            messages = [m.model_dump(exclude_none=True) for m in body.messages]
+            return [GenerationRequest(request_id=request_id, messages=messages, **common)]
+        prompts: list[str | list[int]] = list(body.prompts())
+        return [
+            GenerationRequest(
+                request_id=f"{request_id}-{i}" if i else request_id, prompt=p, **common
+            )
+            for i, p in enumerate(prompts)
+        ]
+
+    async def _complete(
+        self, run: GenerationRun, meter: _Meter, shape: responses.Shape, body: Body
+    ) -> Answer:
+        outcome: Outcome = "failed"
+        try:
+            async for _ in run.events():
+                pass
+            outcome = "completed"
+        except BaseException:
+            outcome = "cancelled" if run.produced_output() else "failed"
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await run.close()
+            meter.emit(run, outcome)
+        usage = meter.usage_dict(run)
+        answer = responses.full_answer(shape, run, usage)
+        if body.perf_metrics_in_response:
+            answer["perf_metrics"] = run.perf_metrics()
+        return Answer(answer, meter.headers(run))
+
+    async def _stream(
+        self, run: GenerationRun, meter: _Meter, shape: responses.Shape, body: Body
+    ) -> StreamingAnswer:
+        events = run.events()
+        # Wait for the engine's first event, so that an error before any output
+        # is a proper HTTP error, and prompt counts can go in the headers.
+        try:
+            first = await events.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await run.close()
+            meter.emit(run, "failed")
+            raise
+        headers = meter.headers(run) if run.prompt_known else {}
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            outcome: Outcome = "stopped"
+            try:
+                pending = [first] if first is not None else []
+                sent_role: set[int] = set()
+                while True:
+                    if pending:
+                        event = pending.pop()
+                    else:
+                        try:
+                            event = await events.__anext__()
+                        except StopAsyncIteration:
+                            break
+                    if isinstance(event, TextDelta):
+                        yield responses.delta_chunk(shape, event, event.index not in sent_role)
+                        sent_role.add(event.index)
+                    elif isinstance(event, ChoiceFinished):
+                        yield responses.finish_chunk(shape, event)
+                    elif isinstance(event, PromptInfo | UsageReport):
+                        continue
+                if body.include_usage() or body.perf_metrics_in_response:
+                    yield responses.usage_chunk(
+                        shape,
+                        meter.usage_dict(run),
+                        run.perf_metrics() if body.perf_metrics_in_response else None,
+                    )
+                outcome = "completed"
+            except GeneratorExit:
+                outcome = "cancelled"
+                raise
+            except BaseException:
+                outcome = "cancelled" if run.produced_output() else "failed"
+                raise
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await run.close()
+                meter.emit(run, outcome)
+
+        return StreamingAnswer(headers, chunks())
+
+
+class _Meter:
+    """Builds the usage of one request and emits its single usage record."""
+
+    def __init__(
+        self,
+        sink: UsageSink,
+        clock: Clock,
+        principal: Principal,
+        model: ModelRef,
+        kind: Literal["chat", "completion"],
+        request_id: str,
+        images: int,
+    ) -> None:
+        self._sink = sink
+        self._clock = clock
+        self._principal = principal
+        self._model = model
+        self._kind = kind
+        self._request_id = request_id
+        self._images = images
+        self._emitted = False
+
+    def prompt_tokens(self, run: GenerationRun) -> int:
+        return run.prompt_tokens + IMAGE_PROMPT_TOKENS * self._images
+
+    def usage_dict(self, run: GenerationRun) -> dict[str, Any]:
+        prompt = self.prompt_tokens(run)
+        completion = run.billable_completion_tokens()
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": run.cached_tokens},
+        }
+
+    def headers(self, run: GenerationRun) -> dict[str, str]:
+        return {
+            "fireworks-prompt-tokens": str(self.prompt_tokens(run)),
+            "fireworks-cached-prompt-tokens": str(run.cached_tokens),
+        }
+
+    def emit(self, run: GenerationRun, outcome: Outcome) -> None:
+        """Send the one usage record of this request (later calls do nothing)."""
+        if self._emitted:
+            return
+        self._emitted = True
+        if outcome == "failed" and not run.produced_output():
+            return  # nothing was produced: nothing to bill
+        perf = run.perf_metrics()
+        record = UsageRecord(
+            request_id=self._request_id,
+            account_id=self._principal.account_id,
+            model=self._model.name,
+            base_model=self._model.billing_model,
+            kind=self._kind,
+            time=self._clock.now(),
+            prompt_tokens=run.prompt_tokens,
+            completion_tokens=run.billable_completion_tokens(),
+            cached_prompt_tokens=run.cached_tokens,
+            images=self._images,
+            adapter=self._model.adapter,
+            deployment=self._model.deployment,
+            outcome=outcome,
+            time_to_first_token_ms=perf["time_to_first_token_ms"] if run.first_token_at else None,
+            duration_ms=float(perf["total_time_ms"]),
+        )
+        try:
+            self._sink.record(record)
+        except Exception:  # metering must never break an answer; the sink logs its own
+            log.exception("usage record %s could not be queued", self._request_id)
