@@ -101,7 +101,11 @@ def clock() -> FakeClock:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
-        data_dir=tmp_path / "data", admin_key=OPERATOR_KEY, access_log=False, bootstrap_demo=True
+        data_dir=tmp_path / "data",
+        admin_key=OPERATOR_KEY,
+        access_log=False,
+        bootstrap_demo=True,
+        warm_local_engines=False,  # tests that need a local engine load it themselves
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
 from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from firebox.inference.endpoints import build_router as inference_router
+from firebox.inference.warmup import warm_local_engines
 from firebox.services import Services
 
 
@@ -22,7 +24,12 @@ def create_app(services: Services) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        warm = None
+        if services.settings.warm_local_engines:
+            warm = asyncio.create_task(warm_local_engines(services.catalog, services.engines))
         yield
+        if warm is not None:
+            warm.cancel()
         await services.aclose()
 
     app = FastAPI(

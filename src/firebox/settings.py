@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         description="How stale a replica's in-memory model index may get before it reloads "
         "in the background; writes on the same replica apply at once.",
     )
+    warm_local_engines: bool = Field(
+        default=True, description="Load in-process models in the background at start."
+    )
     access_log: bool = True
     log_level: str = "INFO"
 

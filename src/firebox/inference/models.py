@@ -70,7 +70,7 @@ class ModelResolver:
                 code="wrong_model_kind",
                 param="model",
             )
-        return self._ref(model)
+        return self.ref(model)
 
     def resolve_embedding(self, account_id: str, name: str) -> ModelRef:
         model = self._resolve(account_id, name)
@@ -81,10 +81,10 @@ class ModelResolver:
                 code="wrong_model_kind",
                 param="model",
             )
-        return self._ref(model)
+        return self.ref(model)
 
     @staticmethod
-    def _ref(model: ResolvedModel) -> ModelRef:
+    def ref(model: ResolvedModel) -> ModelRef:
         assert model.engine is not None
         adapter = None
         if model.adapter is not None:
