@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from firebox import __version__
 from firebox.accounts.endpoints import router as accounts_router
+from firebox.catalog.deployed_endpoints import router as deployed_models_router
 from firebox.catalog.endpoints import router as catalog_router
 from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
@@ -44,6 +45,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(health_router)
     app.include_router(accounts_router)
     app.include_router(catalog_router)
+    app.include_router(deployed_models_router)
     app.include_router(inference_router("/v1"))
     app.include_router(inference_router("/inference/v1"))
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)

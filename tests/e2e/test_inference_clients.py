@@ -7,10 +7,10 @@ vLLM-shaped upstream on loopback, and serves all-MiniLM-L6-v2 in process.
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import fireworks
 import httpx
@@ -51,7 +51,11 @@ kind = "HF_BASE_MODEL"
 parameterCount = 8_000_000_000
 contextLength = 512
 public = true
-engine = {{ type = "upstream", urls = ["{fake.url}"], upstreamModel = "{fake.model}", timeoutS = 10 }}
+[models.engine]
+type = "upstream"
+urls = ["{fake.url}"]
+upstreamModel = "{fake.model}"
+timeoutS = 10
 
 [[models]]
 id = "llama-8b-sql"
@@ -61,12 +65,13 @@ upstreamAdapter = "{ADAPTER}"
 loraRank = 8
 targetModules = ["q_proj", "v_proj"]
 public = true
+deployed = true
 """
     )
     server = start_server(
         data, env={"FIREBOX_ADMIN_KEY": OPERATOR_KEY, "FIREBOX_CATALOG_FILE": str(catalog)}
     )
-    demo_key = __import__("json").loads((data / "credentials.json").read_text())["demoKey"]
+    demo_key = json.loads((data / "credentials.json").read_text())["demoKey"]
     yield server, demo_key
     server.stop()
 

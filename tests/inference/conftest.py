@@ -33,7 +33,7 @@ def upstream(fake_upstream: FakeUpstream) -> Iterator[FakeUpstream]:
 def register_upstream_models(
     client: TestClient, operator: dict[str, str], fake: FakeUpstream, **base_extra: Any
 ) -> None:
-    """``accounts/firebox/models/llama-8b`` on the fake, and its add-on ``llama-8b-sql``."""
+    """``accounts/firebox/models/llama-8b`` on the fake, and its add-on ``llama-8b-sql``, loaded."""
     engine = {"type": "upstream", "urls": [fake.url], "upstreamModel": fake.model, "timeoutS": 5}
     body = text_base(8e9, public=True, engine=engine, **base_extra)
     body["contextLength"] = 512
@@ -45,5 +45,13 @@ def register_upstream_models(
             "firebox",
             "llama-8b-sql",
             addon("accounts/firebox/models/llama-8b", public=True, upstreamAdapter=ADAPTER),
+        )
+    )
+    # Loaded in the platform account: served to every account.
+    ok(
+        client.post(
+            "/v1/accounts/firebox/deployedModels",
+            json={"model": "accounts/firebox/models/llama-8b-sql"},
+            headers=operator,
         )
     )

@@ -41,11 +41,16 @@ def authorize_write(principal: Principal, kind: ModelKind, fields: set[str]) -> 
             code="operator_only",
             param="kind",
         )
-    for field, param in (("engine", "engine"), ("upstream_adapter", "upstreamAdapter")):
+    for field, param in (
+        ("engine", "engine"),
+        ("upstream_adapter", "upstreamAdapter"),
+        ("adapter_path", "adapterPath"),
+    ):
         if field in fields:
             raise PermissionDenied(
                 f"Only the platform operator may set {param}: it tells the gateway which "
-                "engine to call. Omit it; an add-on is served by its base model's engine.",
+                "engine to call, or an engine what to read. Omit it; an add-on is served "
+                "by its base model's engine.",
                 code="operator_only",
                 param=param,
             )

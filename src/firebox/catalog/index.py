@@ -1,9 +1,10 @@
 """The in-memory model index the inference gateway resolves names with.
 
 Every inference request names a model, so resolving one must cost a dict
-lookup, not a query. The index is a dict from full name to a frozen
-``ResolvedModel`` and is replaced whole, never mutated, so readers need no
-lock. It is rebuilt:
+lookup, not a query. The index is a ``CatalogSnapshot`` (a dict from full
+name to a frozen ``ResolvedModel``, and the set of LoRA add-ons loaded for
+serving in each account) and is replaced whole, never mutated, so readers
+need no lock. It is rebuilt:
 
 - synchronously, in the writer's thread, after every write on this replica
   (a model created here is usable at once);
@@ -41,6 +42,7 @@ class LoraAdapter:
     rank: int
     target_modules: tuple[str, ...]
     upstream_adapter: str | None  # the adapter's name on a vLLM upstream, if any
+    path: str | None = None  # the adapter's folder, for engines that load it at run time
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ def resolve_row(row: ModelRow, base: ModelRow | None) -> ResolvedModel:
             rank=row.lora_rank or 0,
             target_modules=tuple(row.target_modules or ()),
             upstream_adapter=row.upstream_adapter,
+            path=row.adapter_path,
         )
     variant = ImageVariant(source.image_variant) if source.image_variant else None
     return ResolvedModel(
@@ -112,46 +115,63 @@ def build_entries(rows: list[ModelRow]) -> dict[str, ResolvedModel]:
     return entries
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogSnapshot:
+    """The index's content: every model, and which add-ons are loaded where.
+
+    ``deployed`` holds ``(account, add-on full name)`` for every LoRA add-on
+    loaded for serving (state DEPLOYED) in that account.
+    """
+
+    models: Mapping[str, ResolvedModel]
+    deployed: frozenset[tuple[str, str]] = frozenset()
+
+
 class ModelIndex:
     """A snapshot of the catalog, replaced whole on every rebuild."""
 
     def __init__(
         self,
-        load: Callable[[], Mapping[str, ResolvedModel]],
+        load: Callable[[], CatalogSnapshot],
         refresh_s: float,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._load = load
         self._refresh_s = refresh_s
         self._timer = timer
-        self._entries: Mapping[str, ResolvedModel] | None = None
+        self._snapshot: CatalogSnapshot | None = None
         self._loaded_at = 0.0
         self._rebuild_lock = threading.Lock()  # one rebuild at a time, newest wins
         self._refreshing = threading.Lock()  # held while a background refresh runs
 
     def get(self, name: str) -> ResolvedModel | None:
         """The model called ``name`` (a full name), from memory."""
-        entries = self._entries
-        if entries is None:
-            self.rebuild()  # the very first lookup of the process
-            entries = self._entries or {}
-        elif self._timer() - self._loaded_at >= self._refresh_s:
-            self._refresh_in_background()
-        return entries.get(name)
+        return self._current().models.get(name)
+
+    def is_deployed(self, account_id: str, name: str) -> bool:
+        """Whether the add-on called ``name`` is loaded for serving in ``account_id``."""
+        return (account_id, name) in self._current().deployed
 
     def all(self) -> list[ResolvedModel]:
         """Every model of the current snapshot, ordered by name."""
-        if self._entries is None:
-            self.rebuild()
-        entries = self._entries or {}
-        return [entries[name] for name in sorted(entries)]
+        models = self._current().models
+        return [models[name] for name in sorted(models)]
 
     def rebuild(self) -> None:
         """Reload from the database now, in the calling thread."""
         with self._rebuild_lock:
-            entries = self._load()
-            self._entries = entries
+            snapshot = self._load()
+            self._snapshot = snapshot
             self._loaded_at = self._timer()
+
+    def _current(self) -> CatalogSnapshot:
+        snapshot = self._snapshot
+        if snapshot is None:
+            self.rebuild()  # the very first lookup of the process
+            snapshot = self._snapshot or CatalogSnapshot({})
+        elif self._timer() - self._loaded_at >= self._refresh_s:
+            self._refresh_in_background()
+        return snapshot
 
     def _refresh_in_background(self) -> None:
         if not self._refreshing.acquire(blocking=False):

@@ -45,6 +45,7 @@ class ModelRow(Base):
     lora_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
     target_modules: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     upstream_adapter: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    adapter_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     price_micro_usd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     engine: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -4,9 +4,11 @@ A TOML file of ``[[models]]`` tables (format in docs/api.md, "Models").
 ``server.prepare`` loads the bundled ``default_catalog.toml`` and then the
 operator's ``FIREBOX_CATALOG_FILE``, so an operator's entry for the same id
 wins. Loading is an upsert and idempotent; models not in a file are left
-alone. A bad entry stops the start with a message naming the file, the
-entry and the field: serving a misconfigured catalog (a model without a
-price, SPEC §2) would be worse than not starting.
+alone. An add-on entry with ``deployed = true`` is also loaded for serving
+in the platform account (``deployed = false`` unloads it there). A bad
+entry stops the start with a message naming the file, the entry and the
+field: serving a misconfigured catalog (a model without a price, SPEC §2)
+would be worse than not starting.
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ class CatalogEntry(RequestModel):
     lora_rank: int | None = None
     target_modules: list[str] | None = None
     upstream_adapter: str | None = None
+    adapter_path: str | None = Field(default=None, max_length=1024)
+    deployed: bool | None = Field(
+        default=None,
+        description="A LoRA add-on only: true loads it for serving in the platform account "
+        "(every account may call it if it is public), false unloads it there; absent leaves "
+        "it as it is.",
+    )
 
     def to_spec(self) -> ModelSpec:
         """The same ``ModelSpec`` the API takes, so files obey the API's rules."""
@@ -65,7 +74,7 @@ class CatalogEntry(RequestModel):
             for name in (
                 "kind", "display_name", "description", "public", "context_length",
                 "supports_image_input", "supports_tools", "supports_lora", "image_variant",
-                "price", "engine", "upstream_adapter",
+                "price", "engine", "upstream_adapter", "adapter_path",
             )
             if name in given
         }  # fmt: skip
@@ -75,6 +84,8 @@ class CatalogEntry(RequestModel):
                 moe=bool(self.moe),
                 model_type=self.model_type,
             )
+        if self.deployed is not None and self.kind is not ModelKind.LORA_ADDON:
+            raise ValueError("deployed applies to LoRA add-ons (HF_PEFT_ADDON) only")
         if given & {"base_model", "lora_rank", "target_modules"}:
             if not (self.base_model and self.lora_rank and self.target_modules):
                 raise ValueError("a LoRA add-on needs baseModel, loraRank and targetModules")
@@ -93,6 +104,7 @@ class LoadedEntry:
     model_id: str
     spec: ModelSpec
     where: str  # "path: models[i] (id 'x')"
+    deployed: bool | None = None  # load (or unload) it for serving in the platform account
 
 
 def _explain(exc: ValidationError) -> str:
@@ -138,7 +150,7 @@ def read_catalog(path: Path) -> list[LoadedEntry]:
         if entry.id in seen:
             raise CatalogFileError(f"{label}: id {entry.id!r} appears twice in this file")
         seen.add(entry.id)
-        entries.append(LoadedEntry(entry.id, spec, label))
+        entries.append(LoadedEntry(entry.id, spec, label, entry.deployed))
     return entries
 
 
@@ -156,7 +168,11 @@ def load_catalogs(service: CatalogService, paths: list[Path]) -> list[str]:
     changed = []
     for entry in merged.values():
         try:
-            if service.upsert_platform_model(entry.model_id, entry.spec):
+            upserted = service.upsert_platform_model(entry.model_id, entry.spec)
+            loaded = entry.deployed is not None and service.deployed_models.set_platform_deployed(
+                entry.model_id, entry.deployed
+            )
+            if upserted or loaded:
                 changed.append(entry.model_id)
         except FireboxError as exc:
             field = f" ({exc.param})" if exc.param else ""

@@ -44,6 +44,7 @@ KIND_FIELDS: dict[str, tuple[frozenset[ModelKind], str]] = {
         " (a LoRA add-on is served by its base model's engine; set upstreamAdapter instead)",
     ),
     "upstream_adapter": (frozenset({_ADDON}), ""),
+    "adapter_path": (frozenset({_ADDON}), ""),
 }
 
 
@@ -110,6 +111,7 @@ def new_row(account_id: str, model_id: str, kind: ModelKind, now: datetime) -> M
         lora_rank=None,
         target_modules=None,
         upstream_adapter=None,
+        adapter_path=None,
         price_micro_usd=None,
         engine=None,
         create_time=now,
@@ -143,6 +145,8 @@ def apply_spec(row: ModelRow, spec: ModelSpec, fields: set[str]) -> None:
         row.engine = binding_to_json(spec.engine.to_binding()) if spec.engine else None
     if "upstream_adapter" in fields:
         row.upstream_adapter = spec.upstream_adapter or None
+    if "adapter_path" in fields:
+        row.adapter_path = spec.adapter_path or None
     if spec.peft_details is not None:
         row.lora_rank = spec.peft_details.r
         row.target_modules = list(spec.peft_details.target_modules)

@@ -2,7 +2,7 @@
 
 SDK field names throughout (``baseModelDetails.parameterCount`` is a string,
 as protobuf renders int64), plus Firebox's own: ``priceClass`` (derived),
-``price``, ``imageVariant``, ``engine`` and ``upstreamAdapter``.
+``price``, ``imageVariant``, ``engine``, ``upstreamAdapter`` and ``adapterPath``.
 """
 
 from __future__ import annotations
@@ -115,6 +115,13 @@ class ModelSpec(RequestModel):
         max_length=255,
         description="A LoRA add-on's adapter name on a vLLM upstream; operator only.",
     )
+    adapter_path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="A LoRA add-on's PEFT folder, as its engine reads it, for engines that "
+        "load adapters at run time (vLLM's load_lora_adapter, the in-process engine); "
+        "operator only.",
+    )
 
     def given(self) -> set[str]:
         """Names of the fields the request set (explicit nulls included)."""
@@ -199,6 +206,7 @@ class Model(WireModel):
         default=None, description="Shown to the operator only."
     )
     upstream_adapter: str | None
+    adapter_path: str | None = Field(default=None, description="Shown to the operator only.")
     create_time: datetime
     update_time: datetime
 
@@ -238,6 +246,7 @@ class Model(WireModel):
             price=None if price is None else format_price(price),
             engine=engine_view(resolved.engine) if show_engine else None,
             upstream_adapter=row.upstream_adapter,
+            adapter_path=row.adapter_path if show_engine else None,
             create_time=row.create_time,
             update_time=row.update_time,
         )

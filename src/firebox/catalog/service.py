@@ -8,7 +8,7 @@ transaction per call and rebuilds the index after every write.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -19,8 +19,16 @@ from firebox.accounts.ids import validate_id
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Permission
 from firebox.catalog import access, rules
+from firebox.catalog import deployed_repository as deployed_repo
 from firebox.catalog import repository as repo
-from firebox.catalog.index import ModelIndex, ResolvedModel, build_entries, resolve_row
+from firebox.catalog.deployed_service import DeployedModelService
+from firebox.catalog.index import (
+    CatalogSnapshot,
+    ModelIndex,
+    ResolvedModel,
+    build_entries,
+    resolve_row,
+)
 from firebox.catalog.kinds import ModelKind, model_name, split_name
 from firebox.catalog.models import ModelRow
 from firebox.catalog.schemas import Model, ModelCreate, ModelList, ModelSpec, PeftDetailsSpec
@@ -56,6 +64,7 @@ class CatalogService:
         self._db = db
         self._clock = clock
         self._index = ModelIndex(self._load_index, refresh_s, timer)
+        self.deployed_models = DeployedModelService(db, clock, self._index.rebuild)
 
     # -- the hot path ----------------------------------------------------------
 
@@ -72,6 +81,16 @@ class CatalogService:
             raise access.model_not_found(name)
         return entry
 
+    def addon_deployed(self, principal_account_id: str, name: str) -> bool:
+        """Whether the add-on ``name`` (a full name) is loaded for members of the account.
+
+        It is when it is loaded in their account, or in the platform account
+        (where the operator loads public add-ons for everyone). From memory.
+        """
+        return self._index.is_deployed(principal_account_id, name) or self._index.is_deployed(
+            PLATFORM_ACCOUNT, name
+        )
+
     def visible_models(self, principal_account_id: str) -> list[ResolvedModel]:
         """Every model members of ``principal_account_id`` may call (``GET /v1/models``)."""
         return [
@@ -82,9 +101,12 @@ class CatalogService:
         """Reload the in-memory index from the database now."""
         self._index.rebuild()
 
-    def _load_index(self) -> Mapping[str, ResolvedModel]:
+    def _load_index(self) -> CatalogSnapshot:
         with self._db.transaction() as session:
-            return build_entries(list(repo.all_models(session)))
+            return CatalogSnapshot(
+                models=build_entries(list(repo.all_models(session))),
+                deployed=deployed_repo.serving_pairs(session),
+            )
 
     # -- control plane ---------------------------------------------------------
 
@@ -193,6 +215,9 @@ class CatalogService:
                 addons = repo.addons_of(session, row.pk)
                 if addons:
                     raise self._in_use(name, addons)
+                loaded = deployed_repo.names_of_model(session, row.pk)
+                if loaded:
+                    raise self._loaded(name, loaded)
                 session.delete(row)
         except IntegrityError:  # an add-on appeared meanwhile
             with self._db.transaction() as session:
@@ -303,6 +328,14 @@ class CatalogService:
     @staticmethod
     def _view(row: ModelRow, base: ModelRow | None, principal: Principal) -> Model:
         return Model.of(row, resolve_row(row, base), show_engine=principal.is_operator)
+
+    @staticmethod
+    def _loaded(name: str, deployed: Sequence[str]) -> FailedPrecondition:
+        return FailedPrecondition(
+            f"{name} is loaded for serving as {', '.join(deployed)}. Unload it first "
+            "(DELETE /v1/accounts/<account>/deployedModels/<id>).",
+            code="model_is_deployed",
+        )
 
     @staticmethod
     def _in_use(name: str, addons: Sequence[str]) -> FailedPrecondition:

@@ -4,7 +4,9 @@ Accepts a catalog name (``accounts/{a}/models/{m}``, or a bare ``m`` for a
 public model of the platform account) and refuses, with a clear error, a
 model of the wrong kind for the route. ``ModelRef`` is what serving needs of
 a model: the engine binding, the name the engine knows, the add-on to apply,
-and the model whose price applies.
+and the model whose price applies. A LoRA add-on is served only while it is
+loaded (``deployedModels``) in the caller's account or in the platform
+account; the catalog answers that from memory.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from firebox.errors import FailedPrecondition, InvalidArgument, NotFound
 class CatalogLookup(Protocol):
     def resolve(self, account_id: str, name: str) -> ResolvedModel: ...
 
+    def addon_deployed(self, account_id: str, name: str) -> bool: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ModelRef:
@@ -35,6 +39,7 @@ class ModelRef:
     context_length: int
     vision: bool
     deployment: str | None = None
+    adapter_path: str | None = None  # the add-on's folder, for engines that load it at run time
 
 
 class ModelResolver:
@@ -57,6 +62,14 @@ class ModelResolver:
                 f"Model {model.name!r} has no engine bound, so it cannot be served; the "
                 "operator sets one in the catalog.",
                 code="model_not_served",
+                param="model",
+            )
+        if model.adapter is not None and not self._catalog.addon_deployed(account_id, model.name):
+            raise FailedPrecondition(
+                f"LoRA add-on {model.name!r} is not loaded for serving. Load it with "
+                f"POST /v1/accounts/{account_id}/deployedModels "
+                f'{{"model": "{model.name}"}}, then retry.',
+                code="model_not_deployed",
                 param="model",
             )
         return model
@@ -101,4 +114,5 @@ class ModelResolver:
             billing_model=model.base_model or model.name,
             context_length=model.context_length or 0,
             vision=model.supports_image_input,
+            adapter_path=model.adapter.path if model.adapter is not None else None,
         )

@@ -4,19 +4,42 @@ Engines are made on first use and kept, one per binding, so every model
 bound to the same upstream shares one connection pool, and every add-on of a
 local base shares that base's weights. Making a local engine loads weights:
 that happens in a worker thread, never on the event loop.
+
+When a LoRA add-on is loaded or unloaded (``deployedModels``), the router
+tells the engine serving its base, if that engine takes adapters at run
+time: ``load_adapter``/``unload_adapter`` (an upstream: vLLM's runtime LoRA
+API) or ``register_adapter`` (the in-process engine, which is also told on
+first use, so a restart loses nothing).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from anyio import to_thread
 
 from firebox.catalog.binding import EngineBinding, LocalEngine, UpstreamEngine
-from firebox.errors import ServiceUnavailable
+from firebox.catalog.index import ResolvedModel
+from firebox.errors import FailedPrecondition, ServiceUnavailable
 from firebox.inference.engine import EmbeddingEngine, TextEngine
-from firebox.inference.models import ModelRef
+from firebox.inference.models import ModelRef, ModelResolver
+
+
+@runtime_checkable
+class AdapterLoading(Protocol):
+    """A text engine that loads and drops LoRA adapters at run time (an upstream)."""
+
+    async def load_adapter(self, name: str, path: str | None) -> None: ...
+
+    async def unload_adapter(self, name: str) -> None: ...
+
+
+@runtime_checkable
+class AdapterRegistry(Protocol):
+    """A text engine that is told where an adapter's files are (the in-process engine)."""
+
+    def register_adapter(self, name: str, path: str) -> None: ...
 
 
 class EngineFactory(Protocol):
@@ -69,6 +92,7 @@ class EngineRouter:
         self._factory = factory
         self._text: dict[EngineBinding, TextEngine] = {}
         self._embedding: dict[EngineBinding, EmbeddingEngine] = {}
+        self._registered: set[tuple[EngineBinding, str, str]] = set()
         self._lock = threading.Lock()
 
     def text_engine(self, model: ModelRef) -> TextEngine:
@@ -79,7 +103,52 @@ class EngineRouter:
                 if engine is None:
                     engine = self._factory.text(model.binding, model)
                     self._text[model.binding] = engine
+        if model.adapter_path is not None and isinstance(engine, AdapterRegistry):
+            self._register(engine, model)
         return engine
+
+    async def load_adapter(self, addon: ResolvedModel) -> None:
+        """Tell the engine serving the LoRA add-on ``addon``'s base to load it."""
+        ref = _adapter_ref(addon)
+        if ref is None or ref.adapter is None:
+            return
+        engine = await to_thread.run_sync(self.text_engine, ref)
+        if isinstance(engine, AdapterLoading):
+            await engine.load_adapter(ref.adapter, ref.adapter_path)
+        elif isinstance(engine, AdapterRegistry) and ref.adapter_path is None:
+            raise FailedPrecondition(
+                f"LoRA add-on {addon.name!r} has no adapterPath, and the in-process engine "
+                "serving its base needs the adapter's folder; the operator sets adapterPath "
+                "in the catalog.",
+                code="adapter_path_missing",
+                param="model",
+            )
+
+    async def unload_adapter(self, addon: ResolvedModel) -> None:
+        """Tell the engine serving ``addon``'s base to drop it, if it loaded it at run time."""
+        ref = _adapter_ref(addon)
+        if ref is None or ref.adapter is None or ref.adapter_path is None:
+            return  # an adapter the engine has from its own start is not ours to drop
+        engine = self._text.get(ref.binding)
+        if engine is None and isinstance(ref.binding, UpstreamEngine):
+            engine = self.text_engine(ref)  # no weights to load; the upstream may hold it
+        if isinstance(engine, AdapterLoading):
+            await engine.unload_adapter(ref.adapter)
+
+    def _register(self, engine: AdapterRegistry, model: ModelRef) -> None:
+        assert model.adapter is not None and model.adapter_path is not None
+        key = (model.binding, model.adapter, model.adapter_path)
+        if key in self._registered:
+            return
+        try:
+            engine.register_adapter(model.adapter, model.adapter_path)
+        except (OSError, ValueError) as exc:
+            raise ServiceUnavailable(
+                f"The in-process engine cannot read LoRA add-on {model.name!r} from "
+                f"{model.adapter_path!r}: {exc}. The operator fixes adapterPath in the catalog.",
+                code="adapter_unavailable",
+            ) from exc
+        self._registered.add(key)
 
     async def embedding_engine(self, model: ModelRef) -> EmbeddingEngine:
         engine = self._embedding.get(model.binding)
@@ -106,3 +175,10 @@ class EngineRouter:
             self._embedding.clear()
         for engine in engines:
             await engine.close()
+
+
+def _adapter_ref(addon: ResolvedModel) -> ModelRef | None:
+    """How ``addon`` is served, or None for a model that is no add-on or has no engine."""
+    if addon.adapter is None or addon.engine is None:
+        return None
+    return ModelResolver.ref(addon)

@@ -19,7 +19,10 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, suppress
+from typing import Any
+
+import httpx
 
 from firebox.inference.engine import (
     EmbeddingRequest,
@@ -118,6 +121,7 @@ class UpstreamEngine:
         self.capabilities = UPSTREAM_CAPABILITIES
         self._count_tokens = count_tokens
         self._warned_estimate = False
+        self._api_key, self._timeout_s = api_key, timeout_s  # for the LoRA adapter calls
         self._client = _client(
             replicas,
             api_key=api_key,
@@ -161,9 +165,93 @@ class UpstreamEngine:
             )
         yield usage
 
+    async def load_adapter(self, name: str, path: str | None) -> None:
+        """Load the LoRA adapter in folder ``path`` as model ``name`` on every replica.
+
+        Uses vLLM's runtime LoRA API (the server runs with ``--enable-lora``
+        and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``). Without a path there is
+        nothing to do: the upstream serves the adapter from its own start
+        (``--lora-modules``). A replica that has it already counts as done.
+        If a replica refuses, those that loaded it unload it again and the
+        error is a 502 naming the replica and its answer.
+        """
+        if path is None:
+            return
+        loaded: list[str] = []
+        for url in self.pool.urls:
+            try:
+                await self._adapter_call(url, "load", {"lora_name": name, "lora_path": path})
+            except UpstreamError:
+                for done in loaded:
+                    with suppress(UpstreamError):
+                        await self._adapter_call(done, "unload", {"lora_name": name})
+                raise
+            loaded.append(url)
+
+    async def unload_adapter(self, name: str) -> None:
+        """Unload the LoRA adapter ``name`` from every replica (vLLM's runtime LoRA API).
+
+        A replica that does not have it counts as done, so a failed unload can
+        simply be retried. Every replica is tried; the first refusal is raised.
+        """
+        failure: UpstreamError | None = None
+        for url in self.pool.urls:
+            try:
+                await self._adapter_call(url, "unload", {"lora_name": name})
+            except UpstreamError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    async def _adapter_call(self, url: str, verb: str, body: dict[str, str]) -> None:
+        """POST ``{url}/{verb}_lora_adapter``; an error that means "done already" is success."""
+        headers = {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        name = body["lora_name"]
+        try:
+            async with httpx.AsyncClient(
+                timeout=self._timeout_s, headers=headers, trust_env=False
+            ) as client:
+                resp = await client.post(f"{url}/{verb}_lora_adapter", json=body)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"Could not {verb} LoRA adapter {name!r} on the model server {url}: "
+                f"{type(exc).__name__} {exc}. Check that it is up, then retry.",
+                code="adapter_update_failed",
+            ) from exc
+        if resp.status_code == 200:
+            return
+        message = _error_message(resp)
+        if verb == "load" and resp.status_code == 400 and "already been loaded" in message:
+            return
+        if verb == "unload" and resp.status_code == 404 and name in message:
+            return
+        where = f" from {body['lora_path']!r}" if "lora_path" in body else ""
+        raise UpstreamError(
+            f"The model server {url} refused to {verb} LoRA adapter {name!r}{where}: HTTP "
+            f"{resp.status_code}: {message}. It needs --enable-lora and "
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and must be able to read the adapter.",
+            code="adapter_update_failed",
+        )
+
     async def close(self) -> None:
         """Close the connections to every replica."""
         await self._client.close()
+
+
+def _error_message(resp: httpx.Response) -> str:
+    """The message of an error answer: vLLM's ``message`` (flat or under ``error``), or text."""
+    try:
+        data: Any = resp.json()
+    except ValueError:
+        return resp.text[:300] or resp.reason_phrase
+    if isinstance(data, dict):
+        inner = data.get("error")
+        for source in (inner, data):
+            if isinstance(source, dict):
+                for key in ("message", "detail"):
+                    if isinstance(source.get(key), str):
+                        return str(source[key])
+    return resp.text[:300]
 
 
 class UpstreamEmbeddingEngine:

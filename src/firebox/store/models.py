@@ -6,6 +6,7 @@ Alembic's autogenerate and the schema-drift test read ``metadata`` from here.
 from __future__ import annotations
 
 import firebox.accounts.models  # registers its tables, as the next line does
+import firebox.catalog.deployed_models
 import firebox.catalog.models  # noqa: F401
 from firebox.store.base import Base
 

@@ -1,0 +1,384 @@
+"""Loading LoRA add-ons for serving, and unloading them: the ``deployedModels`` resource.
+
+A LoRA add-on is served only while it is loaded (deployed) in the caller's
+account, or in the platform account, where a public add-on loaded by the
+operator serves every account. The inference gateway checks that against
+the catalog index (``ModelIndex.is_deployed``), in memory.
+
+Loading writes the deployed model in state DEPLOYING (the unique
+constraints make a second load of the same add-on a 409 before any engine
+hears of it), tells the engine serving the add-on's base (``AdapterHooks``),
+then marks it DEPLOYED and rebuilds the index. If the engine refuses, the
+row goes and its error (a 502 from an upstream) is the answer. Unloading
+mirrors it: UNDEPLOYING (no longer served), the engine is told when no other
+account still has the add-on loaded, then the row goes; if the engine
+refuses, the deployed model is back as it was.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections.abc import Callable
+from typing import Protocol
+
+from anyio import CancelScope, to_thread
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from firebox.accounts import repository as accounts_repo
+from firebox.accounts.bootstrap import PLATFORM_ACCOUNT
+from firebox.accounts.principal import Principal
+from firebox.accounts.roles import Permission
+from firebox.catalog import access
+from firebox.catalog import deployed_repository as deployed_repo
+from firebox.catalog import repository as repo
+from firebox.catalog.deployed_models import DeployedModelRow, DeployedState, deployed_name
+from firebox.catalog.deployed_schemas import DeployedModel, DeployedModelList, DeployedModelSpec
+from firebox.catalog.index import ResolvedModel, resolve_row
+from firebox.catalog.kinds import ModelKind, model_name, split_name
+from firebox.catalog.models import ModelRow
+from firebox.clock import Clock
+from firebox.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from firebox.paging import decode_token, next_token, page_size
+from firebox.store.database import Database
+
+_SUFFIX = string.ascii_lowercase + string.digits
+
+
+class AdapterHooks(Protocol):
+    """What serving does when an add-on is loaded or unloaded (the inference ``EngineRouter``)."""
+
+    async def load_adapter(self, addon: ResolvedModel) -> None: ...
+
+    async def unload_adapter(self, addon: ResolvedModel) -> None: ...
+
+
+class DeployedModelService:
+    """Loads, lists, changes and unloads the LoRA add-ons of an account."""
+
+    def __init__(self, db: Database, clock: Clock, rebuild_index: Callable[[], None]) -> None:
+        self._db = db
+        self._clock = clock
+        self._rebuild_index = rebuild_index
+
+    # -- load and unload -------------------------------------------------------
+
+    async def load(
+        self,
+        principal: Principal,
+        account_id: str,
+        spec: DeployedModelSpec,
+        hooks: AdapterHooks,
+        *,
+        replace_merged_addon: bool = False,
+    ) -> DeployedModel:
+        """Load the add-on ``spec.model`` for serving in ``account_id``."""
+        principal.require(account_id, Permission.RESOURCES_WRITE)
+        _refuse_deployment(spec.deployment, replace_merged_addon)
+        pk, addon = await to_thread.run_sync(self._insert, account_id, spec)
+        try:
+            await hooks.load_adapter(addon)
+        except BaseException:
+            with CancelScope(shield=True):
+                await to_thread.run_sync(self._forget, pk)
+            raise
+        return await to_thread.run_sync(self._set_state, pk, DeployedState.DEPLOYED)
+
+    async def unload(
+        self, principal: Principal, account_id: str, deployed_model_id: str, hooks: AdapterHooks
+    ) -> None:
+        """Stop serving a deployed model, then delete it."""
+        principal.require(account_id, Permission.RESOURCES_WRITE)
+        pk, addon, last, before = await to_thread.run_sync(
+            self._begin_unload, account_id, deployed_model_id
+        )
+        if last:
+            try:
+                await hooks.unload_adapter(addon)
+            except BaseException:
+                with CancelScope(shield=True):
+                    await to_thread.run_sync(self._set_state, pk, before)
+                raise
+        await to_thread.run_sync(self._forget, pk)
+
+    # -- read and change -------------------------------------------------------
+
+    def get(self, principal: Principal, account_id: str, deployed_model_id: str) -> DeployedModel:
+        principal.require(account_id, Permission.RESOURCES_READ)
+        with self._db.transaction() as session:
+            row = self._found(session, account_id, deployed_model_id)
+            return _view(row, self._addon_row(session, row))
+
+    def list(
+        self, principal: Principal, account_id: str, size: int | None, token: str | None
+    ) -> DeployedModelList:
+        principal.require(account_id, Permission.RESOURCES_READ)
+        limit = page_size(size)
+        after = decode_token(token)
+        with self._db.transaction() as session:
+            _require_account(session, account_id)
+            rows = deployed_repo.list_page(session, account_id, after=after, limit=limit)
+            return DeployedModelList(
+                deployed_models=[_view(row, self._addon_row(session, row)) for row in rows],
+                next_page_token=next_token([r.deployed_model_id for r in rows], limit),
+                total_size=deployed_repo.count(session, account_id),
+            )
+
+    def update(
+        self,
+        principal: Principal,
+        account_id: str,
+        deployed_model_id: str,
+        spec: DeployedModelSpec,
+    ) -> DeployedModel:
+        """Change the display name or description; what is loaded cannot change."""
+        principal.require(account_id, Permission.RESOURCES_WRITE)
+        _refuse_deployment(spec.deployment, False)
+        fields = spec.model_fields_set
+        with self._db.transaction() as session:
+            row = self._found(session, account_id, deployed_model_id)
+            addon = self._addon_row(session, row)
+            current = model_name(addon.account_id, addon.model_id)
+            if spec.model is not None:
+                parts = split_name(spec.model)
+                if parts is None or model_name(*parts) != current:
+                    raise InvalidArgument(
+                        f"{deployed_name(account_id, deployed_model_id)} loads {current}; "
+                        "what a deployed model loads cannot change. Unload it and load "
+                        "the other add-on.",
+                        code="model_immutable",
+                        param="model",
+                    )
+            _check_public(spec.public, account_id, addon)
+            if "display_name" in fields:
+                row.display_name = spec.display_name or addon.display_name
+            if "description" in fields:
+                row.description = spec.description or ""
+            row.update_time = self._clock.now()
+            session.flush()
+            return _view(row, addon)
+
+    # -- catalog files ---------------------------------------------------------
+
+    def set_platform_deployed(self, model_id: str, deployed: bool) -> bool:
+        """Load (or unload) the platform add-on ``model_id`` in the platform account.
+
+        For catalog files (``deployed = true``); idempotent, and the engine is
+        not told: an upstream serving it has it from its own start
+        (``--lora-modules``). True if anything changed.
+        """
+        with self._db.transaction() as session:
+            addon = repo.get_model(session, PLATFORM_ACCOUNT, model_id)
+            if addon is None:
+                raise access.model_not_found(model_name(PLATFORM_ACCOUNT, model_id))
+            if deployed:
+                self._servable(session, addon)
+            row = deployed_repo.of_model(session, PLATFORM_ACCOUNT, addon.pk)
+            now = self._clock.now()
+            if deployed and row is None:
+                new = self._new_row(session, PLATFORM_ACCOUNT, addon, DeployedModelSpec())
+                new.state = DeployedState.DEPLOYED.value
+                session.add(new)
+            elif deployed and row is not None and row.state != DeployedState.DEPLOYED:
+                row.state = DeployedState.DEPLOYED.value
+                row.update_time = now
+            elif not deployed and row is not None:
+                session.delete(row)
+            else:
+                return False
+        self._rebuild_index()
+        return True
+
+    # -- steps, each one transaction -------------------------------------------
+
+    def _insert(self, account_id: str, spec: DeployedModelSpec) -> tuple[int, ResolvedModel]:
+        """Check a load and write its deployed model, DEPLOYING; its pk and the add-on."""
+        if not spec.model:
+            raise InvalidArgument(
+                "Missing required field 'model': the LoRA add-on to load, as "
+                "accounts/<account>/models/<model>.",
+                code="missing_field",
+                param="model",
+            )
+        name = spec.model
+        try:
+            with self._db.transaction() as session:
+                _require_account(session, account_id)
+                parts = split_name(name)
+                addon = repo.get_model(session, *parts) if parts else None
+                if addon is None or not access.visible_in(addon, account_id):
+                    raise access.model_not_found(name)
+                resolved = self._servable(session, addon)
+                existing = deployed_repo.of_model(session, account_id, addon.pk)
+                if existing is not None:
+                    raise _already_loaded(resolved.name, existing)
+                _check_public(spec.public, account_id, addon)
+                row = self._new_row(session, account_id, addon, spec)
+                session.add(row)
+                session.flush()
+                pk = row.pk
+        except IntegrityError:  # the same add-on, loaded meanwhile by another request
+            raise AlreadyExists(
+                f"{name!r} is already loaded in {account_id!r}; list the account's "
+                "deployedModels to find it.",
+                code="already_deployed",
+            ) from None
+        return pk, resolved
+
+    def _begin_unload(
+        self, account_id: str, deployed_model_id: str
+    ) -> tuple[int, ResolvedModel, bool, DeployedState]:
+        """Mark a deployed model UNDEPLOYING (no longer served).
+
+        Returns its pk, its add-on, whether no other deployment of the add-on
+        remains (then the engine may drop it), and the state to restore if
+        the engine refuses.
+        """
+        with self._db.transaction() as session:
+            row = self._found(session, account_id, deployed_model_id)
+            addon = self._addon_row(session, row)
+            before = DeployedState(row.state)
+            if before is DeployedState.UNDEPLOYING:
+                before = DeployedState.DEPLOYED  # an unload that failed half-way: finish it
+            row.state = DeployedState.UNDEPLOYING.value
+            row.update_time = self._clock.now()
+            last = deployed_repo.others_of_model(session, addon.pk, but=row.pk) == 0
+            pk = row.pk
+            resolved = resolve_row(addon, self._base_of(session, addon))
+        self._rebuild_index()
+        return pk, resolved, last, before
+
+    def _set_state(self, pk: int, state: DeployedState) -> DeployedModel:
+        with self._db.transaction() as session:
+            row = deployed_repo.get_by_pk(session, pk)
+            if row is None:  # unloaded meanwhile
+                raise NotFound("The deployed model was unloaded meanwhile.", code="not_found")
+            row.state = state.value
+            row.update_time = self._clock.now()
+            view = _view(row, self._addon_row(session, row))
+        self._rebuild_index()
+        return view
+
+    def _forget(self, pk: int) -> None:
+        with self._db.transaction() as session:
+            deployed_repo.remove(session, pk)
+        self._rebuild_index()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _servable(self, session: Session, addon: ModelRow) -> ResolvedModel:
+        """The resolved add-on, if it is one whose base has an engine."""
+        name = model_name(addon.account_id, addon.model_id)
+        if addon.kind != ModelKind.LORA_ADDON:
+            raise InvalidArgument(
+                f"{name} is a {addon.kind} model; only LoRA add-ons (HF_PEFT_ADDON) are "
+                "loaded with deployedModels. Call a base model by its name.",
+                code="not_a_lora_addon",
+                param="model",
+            )
+        resolved = resolve_row(addon, self._base_of(session, addon))
+        if resolved.engine is None:
+            raise FailedPrecondition(
+                f"The base model of {name} ({resolved.base_model}) has no engine bound, so "
+                "the add-on cannot be served; the operator sets one in the catalog.",
+                code="model_not_served",
+                param="model",
+            )
+        return resolved
+
+    def _new_row(
+        self, session: Session, account_id: str, addon: ModelRow, spec: DeployedModelSpec
+    ) -> DeployedModelRow:
+        now = self._clock.now()
+        return DeployedModelRow(
+            account_id=account_id,
+            deployed_model_id=_free_id(session, account_id, addon.model_id),
+            model_pk=addon.pk,
+            display_name=spec.display_name or addon.display_name,
+            description=spec.description or "",
+            state=DeployedState.DEPLOYING.value,
+            create_time=now,
+            update_time=now,
+        )
+
+    @staticmethod
+    def _found(session: Session, account_id: str, deployed_model_id: str) -> DeployedModelRow:
+        row = deployed_repo.get(session, account_id, deployed_model_id)
+        if row is None:
+            raise NotFound(
+                f"Deployed model {deployed_name(account_id, deployed_model_id)!r} was not "
+                f"found. List them with GET /v1/accounts/{account_id}/deployedModels.",
+                code="deployed_model_not_found",
+            )
+        return row
+
+    @staticmethod
+    def _addon_row(session: Session, row: DeployedModelRow) -> ModelRow:
+        addon = repo.get_model_by_pk(session, row.model_pk)
+        assert addon is not None  # the foreign key cascades
+        return addon
+
+    @staticmethod
+    def _base_of(session: Session, addon: ModelRow) -> ModelRow | None:
+        if addon.base_model_pk is None:
+            return None
+        return repo.get_model_by_pk(session, addon.base_model_pk)
+
+
+def _view(row: DeployedModelRow, addon: ModelRow) -> DeployedModel:
+    return DeployedModel.of(
+        row,
+        model_name(addon.account_id, addon.model_id),
+        public=_serves_everyone(row.account_id, addon),
+    )
+
+
+def _serves_everyone(account_id: str, addon: ModelRow) -> bool:
+    return account_id == PLATFORM_ACCOUNT and addon.public
+
+
+def _check_public(public: bool | None, account_id: str, addon: ModelRow) -> None:
+    """``public`` is derived: only a public add-on loaded in the platform account is public."""
+    if public is None or public == _serves_everyone(account_id, addon):
+        return
+    raise InvalidArgument(
+        f"A deployed model serves the members of its account; only a public add-on "
+        f"loaded in the platform account {PLATFORM_ACCOUNT!r} serves every account. "
+        f"Omit public (it would be {str(not public).lower()} here).",
+        code="public_not_settable",
+        param="public",
+    )
+
+
+def _refuse_deployment(deployment: str | None, replace_merged_addon: bool) -> None:
+    if deployment or replace_merged_addon:
+        param = "deployment" if deployment else "replaceMergedAddon"
+        raise InvalidArgument(
+            "Firebox serves LoRA add-ons serverless: on-demand deployments are not offered "
+            "yet. Omit deployment (and replaceMergedAddon) to load the add-on serverless.",
+            code="deployment_not_supported",
+            param=param,
+        )
+
+
+def _require_account(session: Session, account_id: str) -> None:
+    if accounts_repo.get_account(session, account_id) is None:
+        raise NotFound(f"Account {account_id!r} was not found.", code="account_not_found")
+
+
+def _already_loaded(name: str, existing: DeployedModelRow) -> AlreadyExists:
+    return AlreadyExists(
+        f"{name} is already loaded in {existing.account_id!r} as "
+        f"{deployed_name(existing.account_id, existing.deployed_model_id)}.",
+        code="already_deployed",
+    )
+
+
+def _free_id(session: Session, account_id: str, model_id: str) -> str:
+    """The add-on's own id, or, if the account already uses it, that id and a random suffix."""
+    candidate = model_id
+    while deployed_repo.id_taken(session, account_id, candidate):
+        suffix = "".join(secrets.choice(_SUFFIX) for _ in range(6))
+        candidate = f"{model_id[:56].rstrip('-')}-{suffix}"
+    return candidate
