@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from firebox.inference.metering import CollectingUsageSink
 from firebox.services import Services
+from tests.catalog.conftest import post_model, text_base
 from tests.inference.conftest import ADAPTER, register_upstream_models
 from tests.support.api import bearer, create_account, member_key, ok
 from tests.support.fake_upstream import FakeUpstream
@@ -334,3 +336,76 @@ def test_inference_user_may_infer_but_not_other_accounts_private_models(
             "/v1/completions", json={"model": BASE, "prompt": "a", "max_tokens": 1}, headers=infer
         )
     )
+
+
+TOKENIZER = str(Path(__file__).resolve().parents[2] / "models" / "firebox-tiny")
+
+
+def count(text: str) -> int:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(f"{TOKENIZER}/tokenizer.json")
+    return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def _register_counted(client: TestClient, operator: dict[str, str], fake: FakeUpstream) -> str:
+    """A model on the fake whose tokenizer the gateway knows, with a 64-token context."""
+    engine = {
+        "type": "upstream",
+        "urls": [fake.url],
+        "upstreamModel": fake.model,
+        "tokenizer": TOKENIZER,
+    }
+    body = text_base(8e9, public=True, engine=engine)
+    body["contextLength"] = 64
+    ok(post_model(client, operator, "firebox", "counted", body))
+    return "accounts/firebox/models/counted"
+
+
+def test_context_length_is_checked_with_the_models_tokenizer(
+    client: TestClient,
+    key: dict[str, str],
+    operator_headers: dict[str, str],
+    upstream: FakeUpstream,
+) -> None:
+    model = _register_counted(client, operator_headers, upstream)
+    prompt = "the quick brown fox jumps over the lazy dog " * 2
+    counted = count(prompt)
+    assert counted < 60
+    request = {"model": model, "prompt": prompt, "max_tokens": 60}
+    refused = client.post("/v1/completions", json=request, headers=key)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert f"({counted} tokens)" in error["message"] and "(60)" in error["message"]
+    sent_before = len(upstream.requests)
+    request["context_length_exceeded_behavior"] = "truncate"
+    truncated = ok(client.post("/v1/completions", json=request, headers=key))
+    assert len(upstream.requests) == sent_before + 1
+    assert upstream.requests[-1]["max_tokens"] == 64 - counted
+    assert truncated["usage"]["completion_tokens"] == 64 - counted
+
+
+def test_usage_is_counted_with_the_tokenizer_when_the_upstream_omits_it(
+    client: TestClient,
+    key: dict[str, str],
+    operator_headers: dict[str, str],
+    upstream: FakeUpstream,
+) -> None:
+    from tokenizers import Tokenizer
+
+    model = _register_counted(client, operator_headers, upstream)
+    upstream.omit_usage = True
+    body = ok(
+        client.post(
+            "/v1/completions",
+            json={"model": model, "prompt": "hello world", "max_tokens": 3},
+            headers=key,
+        )
+    )
+    tok = Tokenizer.from_file(f"{TOKENIZER}/tokenizer.json")
+    assert body["usage"]["prompt_tokens"] == len(
+        tok.encode("hello world", add_special_tokens=False).ids
+    )
+    text = body["choices"][0]["text"]
+    assert body["usage"]["completion_tokens"] == len(tok.encode(text, add_special_tokens=False).ids)

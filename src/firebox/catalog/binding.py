@@ -38,6 +38,7 @@ class UpstreamEngine:
     upstream_model: str
     api_key: str | None = None
     timeout_s: float = DEFAULT_UPSTREAM_TIMEOUT_S
+    tokenizer: str | None = None  # the model's tokenizer.json (or its folder), for counting
     type: Literal["upstream"] = "upstream"
 
 
@@ -54,6 +55,7 @@ def binding_to_json(binding: EngineBinding) -> dict[str, Any]:
         "upstreamModel": binding.upstream_model,
         "apiKey": binding.api_key,
         "timeoutS": binding.timeout_s,
+        "tokenizer": binding.tokenizer,
     }
 
 
@@ -69,5 +71,6 @@ def binding_from_json(data: dict[str, Any] | None) -> EngineBinding | None:
             upstream_model=str(data["upstreamModel"]),
             api_key=data.get("apiKey"),
             timeout_s=float(data.get("timeoutS", DEFAULT_UPSTREAM_TIMEOUT_S)),
+            tokenizer=data.get("tokenizer"),
         )
     raise ValueError(f"unknown engine binding type {data.get('type')!r}")

@@ -60,6 +60,12 @@ class UpstreamEngineSpec(RequestModel):
     upstream_model: str = Field(min_length=1, max_length=255)
     api_key: str | None = Field(default=None, max_length=1024)
     timeout_s: float = Field(default=DEFAULT_UPSTREAM_TIMEOUT_S, gt=0, le=3600)
+    tokenizer: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Path, on the gateway, of the model's tokenizer.json (or its folder): "
+        "used to check context length and to count tokens an upstream does not report.",
+    )
 
     @field_validator("urls")
     @classmethod
@@ -81,6 +87,7 @@ class UpstreamEngineSpec(RequestModel):
             upstream_model=self.upstream_model,
             api_key=self.api_key or None,
             timeout_s=self.timeout_s,
+            tokenizer=self.tokenizer or None,
         )
 
 
@@ -164,6 +171,7 @@ class UpstreamEngineView(WireModel):
     upstream_model: str
     api_key_set: bool
     timeout_s: float
+    tokenizer: str | None = None
 
     @classmethod
     def of(cls, binding: UpstreamEngine) -> UpstreamEngineView:
@@ -172,6 +180,7 @@ class UpstreamEngineView(WireModel):
             upstream_model=binding.upstream_model,
             api_key_set=binding.api_key is not None,
             timeout_s=binding.timeout_s,
+            tokenizer=binding.tokenizer,
         )
 
 

@@ -55,6 +55,7 @@ class DefaultEngineFactory:
 
     def text(self, binding: EngineBinding, model: ModelRef) -> TextEngine:
         if isinstance(binding, UpstreamEngine):
+            from firebox.inference.token_counter import load_counter
             from firebox.inference.upstream import UpstreamEngine as Upstream
 
             return Upstream(
@@ -62,6 +63,7 @@ class DefaultEngineFactory:
                 binding.upstream_model,
                 api_key=binding.api_key,
                 timeout_s=binding.timeout_s,
+                count_tokens=load_counter(binding.tokenizer) if binding.tokenizer else None,
             )
         raise ServiceUnavailable(
             f"Model {model.name!r} is bound to the in-process text engine, which this "

@@ -20,11 +20,13 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing, suppress
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from firebox.inference.engine import (
+    ContextLengthExceeded,
     EmbeddingRequest,
     EmbeddingResult,
     EngineCapabilities,
@@ -34,7 +36,7 @@ from firebox.inference.engine import (
 )
 from firebox.inference.upstream_client import UpstreamClient
 from firebox.inference.upstream_events import ChunkReader, local_usage
-from firebox.inference.upstream_payload import build_body, request_path
+from firebox.inference.upstream_payload import build_body, prompt_text, request_path
 from firebox.inference.upstream_pool import ReplicaPool
 from firebox.inference.upstream_sse import MalformedStream
 
@@ -140,6 +142,7 @@ class UpstreamEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stream ``request``'s events; one ``UsageReport`` comes last."""
+        request = self._fit_context(request)
         body = build_body(request, self.model)
         reader = ChunkReader(chat=request.kind == "chat")
         async with aclosing(self._client.stream(request_path(request), body)) as chunks:
@@ -164,6 +167,27 @@ class UpstreamEngine:
                 self.model,
             )
         yield usage
+
+    def _fit_context(self, request: GenerationRequest) -> GenerationRequest:
+        """Check prompt + max_tokens against the context, when the tokenizer is known.
+
+        The count leaves out the chat template's few tokens, so the upstream
+        still has the last word; this catches the clear cases early with a
+        message that states both numbers, and applies
+        ``context_length_exceeded_behavior: "truncate"`` by capping max_tokens.
+        """
+        limit = request.context_length
+        max_tokens = request.params.max_tokens
+        if self._count_tokens is None or limit <= 0 or max_tokens is None:
+            return request
+        ids = request.prompt if isinstance(request.prompt, list) else None
+        prompt = len(ids) if ids is not None else self._count_tokens(prompt_text(request))
+        if prompt + max_tokens <= limit:
+            return request
+        if not request.truncate_max_tokens or prompt >= limit:
+            raise ContextLengthExceeded(prompt, max_tokens, limit)
+        params = replace(request.params, max_tokens=limit - prompt)
+        return replace(request, params=params)
 
     async def load_adapter(self, name: str, path: str | None) -> None:
         """Load the LoRA adapter in folder ``path`` as model ``name`` on every replica.
