@@ -57,6 +57,7 @@ def test_operator_creates_a_text_base_model_in_the_sdk_shape(
         "upstreamModel": "meta-llama/Llama-3.1-8B-Instruct",
         "apiKeySet": True,
         "timeoutS": 30.0,
+        "tokenizer": None,
     }
     assert "sk-upstream-secret" not in client.get(f"/v1/{OP_BASE}", headers=operator_headers).text
     got = ok(client.get(f"/v1/{OP_BASE}", headers=operator_headers))
