@@ -105,7 +105,7 @@ def settings(tmp_path: Path) -> Settings:
         admin_key=OPERATOR_KEY,
         access_log=False,
         bootstrap_demo=True,
-        warm_local_engines=False,  # tests that need a local engine load it themselves
+        warm_local_engines=False,  # tests that need a local engine load it on first use
     )
 
 

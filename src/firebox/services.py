@@ -86,7 +86,8 @@ def build_services(
     revocations.subscribe(cache.invalidate)
     catalog = CatalogService(db, clock, refresh_s=settings.catalog_refresh_s)
     models = ModelResolver(catalog)
-    engines = EngineRouter(engine_factory or DefaultEngineFactory())
+    models_dir = settings.models_dir
+    engines = EngineRouter(engine_factory or DefaultEngineFactory(models_dir), models_dir)
     recorded = usage or CollectingUsageSink()  # where usage records end up
     sink = CountingUsageSink(recorded, metrics)
     return Services(

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     data_dir: Path = Path(".firebox")
+    models_dir: Path = Field(
+        default=Path(__file__).resolve().parents[2] / "models",
+        description="Folder that relative local-engine paths in the catalog refer to; "
+        "defaults to the repository's models/ (the bundled demo models).",
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL; unset means a SQLite file in the data dir. "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -245,7 +246,7 @@ def test_the_in_process_engine_is_given_the_adapter_folder(
     # A restarted gateway registers it again on first use.
     router = EngineRouter(Engines())
     ref = ModelResolver(services.catalog).resolve_text("acme", name)
-    fresh = router.text_engine(ref)
+    fresh = asyncio.run(router.text_engine(ref))
     assert isinstance(fresh, RegistryEngine)
     assert fresh.log == [("register", name, "/srv/upper")]
 

@@ -54,13 +54,27 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_default_catalog_registers_the_bundled_embedding_model(
+def test_default_catalog_registers_the_bundled_models(
     services: Services, client: TestClient, operator_headers: dict[str, str]
 ) -> None:
-    assert preload(services.catalog, None) == ["all-minilm-l6-v2"]
+    assert sorted(preload(services.catalog, None)) == [
+        "all-minilm-l6-v2",
+        "firebox-tiny",
+        "firebox-tiny-lora",
+    ]
     listed = ok(client.get("/v1/accounts/firebox/models", headers=operator_headers))
-    (model,) = listed["models"]
-    assert model["name"] == "accounts/firebox/models/all-minilm-l6-v2"
+    by_name = {m["name"]: m for m in listed["models"]}
+    tiny = by_name["accounts/firebox/models/firebox-tiny"]
+    assert (tiny["kind"], tiny["priceClass"], tiny["engine"]) == (
+        "HF_BASE_MODEL",
+        "TEXT_DENSE_UP_TO_16B",
+        {"type": "local", "path": "firebox-tiny"},
+    )
+    lora = by_name["accounts/firebox/models/firebox-tiny-lora"]
+    assert lora["peftDetails"]["baseModel"] == "accounts/firebox/models/firebox-tiny"
+    resolved_lora = services.catalog.resolve("demo", "firebox-tiny-lora")
+    assert resolved_lora.price_class == services.catalog.resolve("demo", "firebox-tiny").price_class
+    model = by_name["accounts/firebox/models/all-minilm-l6-v2"]
     assert (model["kind"], model["public"], model["contextLength"]) == (
         "EMBEDDING_MODEL",
         True,
@@ -79,7 +93,13 @@ def test_loading_is_idempotent_and_the_operator_file_wins(
     services: Services, client: TestClient, operator_headers: dict[str, str], tmp_path: Path
 ) -> None:
     path = write(tmp_path, OPERATOR_FILE)
-    assert preload(services.catalog, path) == ["all-minilm-l6-v2", "llama-405b", "llama-405b-sql"]
+    assert preload(services.catalog, path) == [
+        "all-minilm-l6-v2",
+        "firebox-tiny",
+        "firebox-tiny-lora",
+        "llama-405b",
+        "llama-405b-sql",
+    ]
     create_model(client, operator_headers, "firebox", "by-api", text_base(7e9))
     before = ok(client.get("/v1/accounts/firebox/models", headers=operator_headers))
     minilm = next(m for m in before["models"] if m["name"].endswith("all-minilm-l6-v2"))
@@ -210,6 +230,8 @@ def test_the_documented_example_loads(services: Services, tmp_path: Path) -> Non
     path = write(tmp_path, example)
     assert preload(services.catalog, path) == [
         "all-minilm-l6-v2",
+        "firebox-tiny",
+        "firebox-tiny-lora",
         "llama-v3p1-8b-instruct",
         "llama-8b-sql",
         "sdxl",

@@ -48,7 +48,8 @@ def start_server(
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / f"server-{port}.log"
-    full_env = {**os.environ, **(env or {})}
+    # Loading the in-process models costs seconds of CPU; only tests that use them opt in.
+    full_env = {**os.environ, "FIREBOX_WARM_LOCAL_ENGINES": "false", **(env or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [

@@ -15,6 +15,7 @@ first use, so a restart loses nothing).
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from anyio import to_thread
@@ -51,7 +52,21 @@ class EngineFactory(Protocol):
 
 
 class DefaultEngineFactory:
-    """Upstream servers over HTTP; the in-process engines of ``inference.local``."""
+    """Upstream servers over HTTP; the in-process engines of ``inference.local``.
+
+    A relative ``path`` in a local binding is a folder under ``models_dir``
+    (``FIREBOX_MODELS_DIR``), where the bundled demo models live.
+    """
+
+    def __init__(self, models_dir: Path | None = None) -> None:
+        self.models_dir = models_dir
+
+    def resolve_path(self, path: str) -> str:
+        """An absolute path: ``path`` itself, or ``path`` under the models folder."""
+        candidate = Path(path).expanduser()
+        if candidate.is_absolute() or self.models_dir is None:
+            return str(candidate)
+        return str(self.models_dir / candidate)
 
     def text(self, binding: EngineBinding, model: ModelRef) -> TextEngine:
         if isinstance(binding, UpstreamEngine):
@@ -65,11 +80,22 @@ class DefaultEngineFactory:
                 timeout_s=binding.timeout_s,
                 count_tokens=load_counter(binding.tokenizer) if binding.tokenizer else None,
             )
-        raise ServiceUnavailable(
-            f"Model {model.name!r} is bound to the in-process text engine, which this "
-            "server does not run; bind the model to an upstream engine.",
-            code="engine_unavailable",
-        )
+        if binding.path is None:
+            raise FailedPrecondition(
+                f"Model {model.name!r} is bound to the in-process engine without a path; "
+                "the operator sets the folder of its weights in the catalog.",
+                code="model_path_missing",
+            )
+        from firebox.inference.local.text_engine import LocalTextEngine
+
+        folder = self.resolve_path(binding.path)
+        try:
+            return LocalTextEngine.load(folder)
+        except OSError as exc:
+            raise ServiceUnavailable(
+                f"The in-process engine cannot load {model.name!r} from {folder!r}: {exc}",
+                code="engine_unavailable",
+            ) from exc
 
     def embedding(self, binding: EngineBinding, model: ModelRef) -> EmbeddingEngine:
         if isinstance(binding, UpstreamEngine):
@@ -84,37 +110,44 @@ class DefaultEngineFactory:
         assert isinstance(binding, LocalEngine)
         from firebox.inference.local.embedding import SentenceEmbeddingEngine, default_model_path
 
-        return SentenceEmbeddingEngine(binding.path or default_model_path())
+        path = self.resolve_path(binding.path) if binding.path else default_model_path()
+        return SentenceEmbeddingEngine(path)
 
 
 class EngineRouter:
     """Hands out the engine serving a model, creating it on first use."""
 
-    def __init__(self, factory: EngineFactory) -> None:
+    def __init__(self, factory: EngineFactory, models_dir: Path | None = None) -> None:
         self._factory = factory
+        self._models_dir = models_dir
         self._text: dict[EngineBinding, TextEngine] = {}
         self._embedding: dict[EngineBinding, EmbeddingEngine] = {}
         self._registered: set[tuple[EngineBinding, str, str]] = set()
         self._lock = threading.Lock()
 
-    def text_engine(self, model: ModelRef) -> TextEngine:
+    async def text_engine(self, model: ModelRef) -> TextEngine:
+        """The engine serving ``model``; made (weights loaded) in a worker thread on first use."""
         engine = self._text.get(model.binding)
         if engine is None:
-            with self._lock:
-                engine = self._text.get(model.binding)
-                if engine is None:
-                    engine = self._factory.text(model.binding, model)
-                    self._text[model.binding] = engine
+            engine = await to_thread.run_sync(self._make_text, model)
         if model.adapter_path is not None and isinstance(engine, AdapterRegistry):
             self._register(engine, model)
         return engine
+
+    def _make_text(self, model: ModelRef) -> TextEngine:
+        with self._lock:
+            engine = self._text.get(model.binding)
+            if engine is None:
+                engine = self._factory.text(model.binding, model)
+                self._text[model.binding] = engine
+            return engine
 
     async def load_adapter(self, addon: ResolvedModel) -> None:
         """Tell the engine serving the LoRA add-on ``addon``'s base to load it."""
         ref = _adapter_ref(addon)
         if ref is None or ref.adapter is None:
             return
-        engine = await to_thread.run_sync(self.text_engine, ref)
+        engine = await self.text_engine(ref)
         if isinstance(engine, AdapterLoading):
             await engine.load_adapter(ref.adapter, ref.adapter_path)
         elif isinstance(engine, AdapterRegistry) and ref.adapter_path is None:
@@ -133,7 +166,7 @@ class EngineRouter:
             return  # an adapter the engine has from its own start is not ours to drop
         engine = self._text.get(ref.binding)
         if engine is None and isinstance(ref.binding, UpstreamEngine):
-            engine = self.text_engine(ref)  # no weights to load; the upstream may hold it
+            engine = await self.text_engine(ref)  # no weights to load; the upstream may hold it
         if isinstance(engine, AdapterLoading):
             await engine.unload_adapter(ref.adapter)
 
@@ -142,8 +175,11 @@ class EngineRouter:
         key = (model.binding, model.adapter, model.adapter_path)
         if key in self._registered:
             return
+        path = model.adapter_path
+        if self._models_dir is not None and not Path(path).expanduser().is_absolute():
+            path = str(self._models_dir / path)
         try:
-            engine.register_adapter(model.adapter, model.adapter_path)
+            engine.register_adapter(model.adapter, path)
         except (OSError, ValueError) as exc:
             raise ServiceUnavailable(
                 f"The in-process engine cannot read LoRA add-on {model.name!r} from "

@@ -78,7 +78,7 @@ class InferenceService:
             "chat" if isinstance(body, ChatCompletionRequest) else "completion"
         )
         model = self._models.resolve_text(principal.account_id, body.model)
-        engine = self._router.text_engine(model)
+        engine = await self._router.text_engine(model)
         images = body.image_count() if isinstance(body, ChatCompletionRequest) else 0
         self._check(body, model, engine, images)
         requests = self._engine_requests(body, kind, model, request_id)

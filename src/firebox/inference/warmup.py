@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 
-from anyio import to_thread
-
 from firebox.catalog.binding import LocalEngine
 from firebox.catalog.kinds import ModelKind
 from firebox.catalog.service import CatalogService
@@ -33,7 +31,7 @@ async def warm_local_engines(catalog: CatalogService, engines: EngineRouter) -> 
             if model.kind is ModelKind.EMBEDDING:
                 await engines.embedding_engine(ref)
             elif model.kind is ModelKind.TEXT_BASE:
-                await to_thread.run_sync(engines.text_engine, ref)
+                await engines.text_engine(ref)
             log.info("warmed the in-process engine of %s", model.name)
         except Exception:
             log.exception("could not load the in-process engine of %s", model.name)

@@ -33,7 +33,6 @@ from firebox.errors import FailedPrecondition, FireboxError
 from firebox.inference.engine import ChoiceFinished, GenerationEvent, PromptInfo, UsageReport
 from firebox.inference.local.choice_output import TokenTexts, echo_delta
 from firebox.inference.local.kv_cache import BlockPool, KVCache
-from firebox.inference.local.lora_files import AdapterError
 from firebox.inference.local.lora_slots import LoraSlots
 from firebox.inference.local.sampling import TokenLogprob, sample, token_logprobs
 from firebox.inference.local.sequence import RequestGroup, Sequence
@@ -123,7 +122,10 @@ class RunningBatch:
                     logit_positions=positions,
                 )
             )
-        logits = self._model.forward(build_step_batch(chunks, self._block, self._device))
+        batch = build_step_batch(
+            chunks, self._block, self._device, self._lora.capacity + 1, self._cache.data.dtype
+        )
+        logits = self._model.forward(batch)
         self._counters["forward"] += 1
         self._absorb(plan, prompt_rows, logits)
         return True
@@ -156,7 +158,7 @@ class RunningBatch:
             if group.adapter is not None and not group.lora_slot:
                 try:
                     slot = self._lora.acquire(group.adapter)
-                except (AdapterError, OSError) as exc:
+                except Exception as exc:  # a broken add-on fails its own request, nothing else
                     self.fail(
                         group,
                         FailedPrecondition(
