@@ -74,14 +74,16 @@ def examples(url: str, key: str | None) -> dict[str, list[str]]:
     return {
         "Try it:": [
             f'curl -H "Authorization: Bearer {shown_key}" {url}/v1/accounts/{DEMO_ACCOUNT}',
-            f'curl -H "Authorization: Bearer {shown_key}" {url}/inference/v1/embeddings '
-            """-H 'content-type: application/json' """
-            """-d '{"model": "all-minilm-l6-v2", "input": "hello"}'""",
+            f'curl -H "Authorization: Bearer {shown_key}" {url}/inference/v1/chat/completions '
+            """-H 'content-type: application/json' -d '{"model": "firebox-tiny", """
+            """"messages": [{"role": "user", "content": "What color is the sky?"}]}'""",
             f"{env}firebox list users --account {DEMO_ACCOUNT}",
         ],
         "Python (pip install openai):": [
             "from openai import OpenAI",
             f'client = OpenAI(base_url="{url}/inference/v1", api_key="{shown_key}")',
+            'chat = client.chat.completions.create(model="firebox-tiny-lora", '
+            'messages=[{"role": "user", "content": "Hi"}])',
             'vector = client.embeddings.create(model="all-minilm-l6-v2", input="hello")',
         ],
     }
