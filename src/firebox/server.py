@@ -66,4 +66,8 @@ def serve(settings: Settings, announce: bool = True) -> None:
         log_level=settings.log_level.lower(),
         access_log=False,  # Firebox writes its own structured access log
         lifespan="on",
+        # uvicorn[standard]'s C parser; "auto" is its uvloop where built (not on Windows)
+        loop="auto",
+        http="httptools",
+        server_header=False,
     )
