@@ -42,12 +42,13 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
+    # Inference first: routes are matched in order, and these are the hot ones.
+    app.include_router(inference_router("/inference/v1"))
+    app.include_router(inference_router("/v1"))
     app.include_router(health_router)
     app.include_router(accounts_router)
     app.include_router(catalog_router)
     app.include_router(deployed_models_router)
-    app.include_router(inference_router("/v1"))
-    app.include_router(inference_router("/inference/v1"))
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(
         RequestContextMiddleware,

@@ -97,4 +97,4 @@ def test_operational_endpoints(server: RunningServer) -> None:
     response = httpx.get(f"{server.url}/v1/accounts/demo", headers={"x-request-id": "trace-1"})
     assert response.status_code == 401
     assert response.headers["x-request-id"] == "trace-1"
-    assert '"requestId": "trace-1"' in server.log()  # the structured access log
+    assert '"requestId":"trace-1"' in server.log()  # the structured access log

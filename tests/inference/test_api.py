@@ -164,6 +164,15 @@ def test_parameters_are_mapped_upstream(
     assert sent["logprobs"] is True and sent["top_logprobs"] == 2
     assert sent["tools"][0]["function"]["name"] == "f" and sent["tool_choice"] == "auto"
     assert sent["response_format"] == {"type": "json_object"}
+    # A non-streaming call is fetched whole from the upstream; a streaming one streams.
+    assert sent["stream"] is False and "stream_options" not in sent
+    streamed = client.post(
+        "/v1/chat/completions",
+        json={"model": BASE, "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        headers=key,
+    )
+    assert streamed.status_code == 200
+    sent = upstream.requests[-1]
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
 
 

@@ -10,7 +10,9 @@ import json
 import logging
 import time
 import uuid
+from typing import Any
 
+import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -91,6 +93,21 @@ class RequestContextMiddleware:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
+        # Labelled children, looked up once per (method, route, status): label
+        # resolution in prometheus-client costs a lock and a dict build per call.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = (
+                self.metrics.requests.labels(method, route, str(status)),
+                self.metrics.latency.labels(method, route),
+            )
+            self._series[key] = series
+        series[0].inc()
+        series[1].observe(elapsed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,12 +144,11 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(elapsed)
+            self._observe(method, template, status, elapsed)
             if self.log_requests:
                 principal = scope.get("state", {}).get("principal")
                 access_log.info(
-                    json.dumps(
+                    orjson.dumps(
                         {
                             "event": "request",
                             "requestId": request_id,
@@ -145,5 +161,5 @@ class RequestContextMiddleware:
                             "keyId": getattr(principal, "key_id", None),
                             "client": (scope.get("client") or ("", 0))[0],
                         }
-                    )
+                    ).decode()
                 )

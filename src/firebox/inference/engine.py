@@ -51,6 +51,9 @@ class GenerationRequest:
     truncate_max_tokens: bool = False  # cap max_tokens instead of refusing
     prompt_cache_max_len: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # pass-through params (tools, ...)
+    # Whether the caller reads the answer as a stream. Events are streamed either
+    # way; an engine may use False to fetch the answer whole (an upstream does).
+    stream: bool = True
 
 
 @dataclass(frozen=True, slots=True)

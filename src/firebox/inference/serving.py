@@ -143,6 +143,7 @@ class InferenceService:
             "truncate_max_tokens": body.context_length_exceeded_behavior == "truncate",
             "prompt_cache_max_len": body.prompt_cache_max_len,
             "extra": body.passthrough(),
+            "stream": body.stream,
         }
         if isinstance(body, ChatCompletionRequest):
             messages = [m.model_dump(exclude_none=True) for m in body.messages]

@@ -35,7 +35,7 @@ from firebox.inference.engine import (
     UpstreamError,
 )
 from firebox.inference.upstream_client import UpstreamClient
-from firebox.inference.upstream_events import ChunkReader, local_usage
+from firebox.inference.upstream_events import ChunkReader, as_chunk, local_usage
 from firebox.inference.upstream_payload import build_body, prompt_text, request_path
 from firebox.inference.upstream_pool import ReplicaPool
 from firebox.inference.upstream_sse import MalformedStream
@@ -145,10 +145,17 @@ class UpstreamEngine:
         request = self._fit_context(request)
         body = build_body(request, self.model)
         reader = ChunkReader(chat=request.kind == "chat")
-        async with aclosing(self._client.stream(request_path(request), body)) as chunks:
-            async for chunk in chunks:
-                for event in reader.read(chunk):
-                    yield event
+        if not request.stream:
+            # The caller wants the whole answer: ask for it whole, which costs the
+            # upstream and the gateway less than a stream reassembled here.
+            answer = await self._client.post_json(request_path(request), body)
+            for event in reader.read(as_chunk(answer, chat=request.kind == "chat")):
+                yield event
+        else:
+            async with aclosing(self._client.stream(request_path(request), body)) as chunks:
+                async for chunk in chunks:
+                    for event in reader.read(chunk):
+                        yield event
         if reader.unfinished:
             raise UpstreamError(
                 "The model server ended its answer early (choices "

@@ -100,6 +100,28 @@ class ChunkReader:
         return ["".join(parts) for parts in self._texts.values()]
 
 
+def as_chunk(answer: dict[str, Any], *, chat: bool) -> dict[str, Any]:
+    """A whole (non-streaming) answer reshaped as one stream chunk, for ``ChunkReader``."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list):
+        raise MalformedStream("The model server answered without a list of choices.")
+    if not chat:
+        return {"choices": choices, "usage": answer.get("usage")}
+    deltas = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise MalformedStream("The model server sent a choice that is not an object.")
+        message = choice.get("message") or {}
+        delta: dict[str, Any] = {"role": message.get("role", "assistant")}
+        delta["content"] = message.get("content") or ""
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [
+                {"index": i, **call} for i, call in enumerate(message["tool_calls"])
+            ]
+        deltas.append({**{k: v for k, v in choice.items() if k != "message"}, "delta": delta})
+    return {"choices": deltas, "usage": answer.get("usage")}
+
+
 def local_usage(
     request: GenerationRequest,
     reader: ChunkReader,

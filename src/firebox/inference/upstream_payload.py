@@ -43,8 +43,11 @@ def build_body(request: GenerationRequest, model: str) -> dict[str, Any]:
         if request.prompt is None:
             raise InvalidArgument("A completion request needs a prompt.", param="prompt")
         body["prompt"] = request.prompt
-    body["stream"] = True
-    body["stream_options"] = {"include_usage": True}
+    if request.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    else:
+        body["stream"] = False
 
     if params.max_tokens is not None:
         body["max_tokens"] = params.max_tokens
