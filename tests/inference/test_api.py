@@ -332,6 +332,8 @@ def test_models_list_and_get(client: TestClient, key: dict[str, str]) -> None:
     assert {BASE, ADDON, "accounts/firebox/models/all-minilm-l6-v2"} <= ids
     got = ok(client.get(f"/inference/v1/models/{BASE}", headers=key))
     assert got["id"] == BASE and got["object"] == "model"
+    assert got["created"] > 1_700_000_000  # when it entered the catalog (unix seconds)
+    assert all(m["created"] > 1_700_000_000 for m in listed["data"])
 
 
 def test_inference_user_may_infer_but_not_other_accounts_private_models(

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from firebox.catalog.binding import EngineBinding, binding_from_json
 from firebox.catalog.kinds import ImageVariant, ModelKind, model_name
@@ -66,6 +67,7 @@ class ResolvedModel:
     price_class: PriceClass | None
     price_micro_usd: int | None
     engine: EngineBinding | None
+    create_time: datetime | None = None
 
     def visible_to(self, account_id: str, platform_account: str) -> bool:
         """Whether members of ``account_id`` may use this model."""
@@ -101,6 +103,7 @@ def resolve_row(row: ModelRow, base: ModelRow | None) -> ResolvedModel:
         price_class=classify(ModelKind(source.kind), source.parameter_count, source.moe, variant),
         price_micro_usd=source.price_micro_usd,
         engine=binding_from_json(source.engine),
+        create_time=row.create_time,
     )
 
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from firebox.catalog.index import ResolvedModel
 from firebox.errors import InvalidArgument
 from firebox.http.auth import CurrentPrincipal
 from firebox.http.responses import JSONResponse
@@ -51,6 +52,11 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
         raise InvalidArgument(
             f"Invalid value for {param!r}: {first.get('msg', 'invalid')}.", param=param
         ) from None
+
+
+def _created(model: ResolvedModel) -> int:
+    """Unix time the model entered the catalog (OpenAI's ``created``)."""
+    return int(model.create_time.timestamp()) if model.create_time else 0
 
 
 def _request_id(request: Request) -> str:
@@ -111,7 +117,7 @@ def build_router(prefix: str) -> APIRouter:
             {
                 "id": m.name,
                 "object": "model",
-                "created": int(m.create_time.timestamp()) if getattr(m, "create_time", None) else 0,
+                "created": _created(m),
                 "owned_by": m.account_id,
                 "kind": m.kind.value,
                 "context_length": m.context_length,
@@ -127,7 +133,7 @@ def build_router(prefix: str) -> APIRouter:
             {
                 "id": m.name,
                 "object": "model",
-                "created": 0,
+                "created": _created(m),
                 "owned_by": m.account_id,
                 "kind": m.kind.value,
                 "context_length": m.context_length,
