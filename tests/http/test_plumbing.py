@@ -102,3 +102,11 @@ def test_health_readiness_and_metrics(client: TestClient, services: Services) ->
 def test_openapi_lists_the_control_plane(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v1/accounts/{account}/users/{user}/apiKeys:delete" in paths
+
+
+def test_metrics_label_set_stays_bounded(client: TestClient) -> None:
+    for method in ("BREW", "WHEN", "PROPFIND"):
+        client.request(method, "/healthz")
+    metrics = client.get("/metrics").text
+    assert 'method="OTHER",route="/healthz",status="405"} 3.0' in metrics
+    assert "BREW" not in metrics

@@ -8,6 +8,8 @@ plus ``status``, the canonical (gRPC-style) code the Fireworks API uses.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,9 +53,14 @@ def render(exc: FireboxError) -> JSONResponse:
     )
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str, str | None]:
-    """A sentence naming the first bad field, its location and what was wrong."""
-    errors = exc.errors()
+def describe_invalid(
+    errors: Sequence[Mapping[str, Any]], noun: str = "field"
+) -> tuple[str, str, str | None]:
+    """(message, code, param) naming the first bad ``noun`` of a Pydantic error list.
+
+    Shared by FastAPI-parsed control-plane bodies (``noun`` "field") and the
+    inference routes, which parse their bodies themselves ("parameter").
+    """
     if not errors:
         return "The request is invalid.", "invalid_argument", None
     first = errors[0]
@@ -68,12 +75,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str, str | No
     kind = str(first.get("type", ""))
     if kind == "extra_forbidden":
         return (
-            f"Unknown field {param!r}; remove it (see /openapi.json for the accepted fields).",
-            "unknown_field",
+            f"Unknown {noun} {param!r}; remove it (see /openapi.json for the accepted ones).",
+            f"unknown_{noun}",
             param,
         )
     if kind == "missing":
-        return f"Missing required field {param!r}.", "missing_field", param
+        return f"Missing required {noun} {param!r}.", f"missing_{noun}", param
     where = f"Invalid value for {param!r}: " if param else "Invalid request: "
     return where + str(first.get("msg", "")), "invalid_argument", param
 
@@ -87,7 +94,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, code, param = _validation_message(exc)
+        message, code, param = describe_invalid(exc.errors())
         return JSONResponse(
             error_body(message, "invalid_request_error", code, param, "INVALID_ARGUMENT"),
             status_code=400,

@@ -21,6 +21,8 @@ from firebox.telemetry.metrics import Metrics
 
 access_log = logging.getLogger("firebox.access")
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with a 413, declared or streamed."""
@@ -98,6 +100,8 @@ class RequestContextMiddleware:
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        if method not in _METHODS:
+            method = "OTHER"  # a client picks the method: keep the label set bounded
         key = (method, route, status)
         series = self._series.get(key)
         if series is None:

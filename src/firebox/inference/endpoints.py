@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from firebox.catalog.index import ResolvedModel
 from firebox.errors import InvalidArgument
 from firebox.http.auth import CurrentPrincipal
+from firebox.http.errors import describe_invalid
 from firebox.http.responses import JSONResponse
 from firebox.http.sse import DONE, sse_event
 from firebox.inference.embeddings import EmbeddingService
@@ -39,19 +40,8 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first.get("loc", ())) or None
-        if first.get("type") == "missing":
-            raise InvalidArgument(
-                f"Missing required parameter {param!r}.", code="missing_parameter", param=param
-            ) from None
-        if first.get("type") == "extra_forbidden":
-            raise InvalidArgument(
-                f"Unknown parameter {param!r}.", code="unknown_parameter", param=param
-            ) from None
-        raise InvalidArgument(
-            f"Invalid value for {param!r}: {first.get('msg', 'invalid')}.", param=param
-        ) from None
+        message, code, param = describe_invalid(exc.errors(), noun="parameter")
+        raise InvalidArgument(message, code=code, param=param) from None
 
 
 def _created(model: ResolvedModel) -> int:

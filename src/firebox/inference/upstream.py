@@ -93,17 +93,8 @@ def _client(
     )
 
 
-class UpstreamEngine:
-    """A ``TextEngine`` that runs every request on an OpenAI-compatible upstream.
-
-    ``replicas`` are base URLs such as ``http://10.0.0.5:8000/v1``; ``model``
-    is the upstream's model id (a request for a LoRA add-on is sent with the
-    adapter's name instead). ``timeout_s`` bounds each wait for the upstream
-    (connecting, or the next bytes of the stream), not the whole generation.
-    ``count_tokens`` is the model's tokenizer, used only when the upstream
-    reports no usage; without it usage is estimated (see ``local_usage``) and
-    a warning logged once per engine.
-    """
+class _UpstreamModel:
+    """One model on the replicas of an upstream: the pooled client both engines share."""
 
     def __init__(
         self,
@@ -120,9 +111,7 @@ class UpstreamEngine:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model = model
-        self.capabilities = UPSTREAM_CAPABILITIES
         self._count_tokens = count_tokens
-        self._warned_estimate = False
         self._api_key, self._timeout_s = api_key, timeout_s  # for the LoRA adapter calls
         self._client = _client(
             replicas,
@@ -139,6 +128,26 @@ class UpstreamEngine:
     def pool(self) -> ReplicaPool:
         """The replicas' balancing and health state."""
         return self._client.pool
+
+    async def close(self) -> None:
+        """Close the connections to every replica."""
+        await self._client.close()
+
+
+class UpstreamEngine(_UpstreamModel):
+    """A ``TextEngine`` that runs every request on an OpenAI-compatible upstream.
+
+    ``replicas`` are base URLs such as ``http://10.0.0.5:8000/v1``; ``model``
+    is the upstream's model id (a request for a LoRA add-on is sent with the
+    adapter's name instead). ``timeout_s`` bounds each wait for the upstream
+    (connecting, or the next bytes of the stream), not the whole generation.
+    ``count_tokens`` is the model's tokenizer, used only when the upstream
+    reports no usage; without it usage is estimated (see ``local_usage``) and
+    a warning logged once per engine.
+    """
+
+    capabilities = UPSTREAM_CAPABILITIES
+    _warned_estimate = False  # set on the instance after the first estimate is logged
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stream ``request``'s events; one ``UsageReport`` comes last."""
@@ -264,10 +273,6 @@ class UpstreamEngine:
             code="adapter_update_failed",
         )
 
-    async def close(self) -> None:
-        """Close the connections to every replica."""
-        await self._client.close()
-
 
 def _error_message(resp: httpx.Response) -> str:
     """The message of an error answer: vLLM's ``message`` (flat or under ``error``), or text."""
@@ -285,7 +290,7 @@ def _error_message(resp: httpx.Response) -> str:
     return resp.text[:300]
 
 
-class UpstreamEmbeddingEngine:
+class UpstreamEmbeddingEngine(_UpstreamModel):
     """An ``EmbeddingEngine`` over an OpenAI-compatible ``/embeddings`` endpoint.
 
     Shares the text engine's balancing, failover and error mapping. Vectors
@@ -293,38 +298,6 @@ class UpstreamEmbeddingEngine:
     if it reports none, ``count_tokens`` over the inputs, else an estimate of
     one token per four UTF-8 bytes).
     """
-
-    def __init__(
-        self,
-        replicas: Sequence[str],
-        model: str,
-        *,
-        api_key: str | None = None,
-        timeout_s: float = 60.0,
-        connect_timeout_s: float | None = None,
-        count_tokens: Callable[[str], int] | None = None,
-        max_connections: int = 512,
-        base_ejection_s: float = 1.0,
-        max_ejection_s: float = 30.0,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.model = model
-        self._count_tokens = count_tokens
-        self._client = _client(
-            replicas,
-            api_key=api_key,
-            timeout_s=timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            max_connections=max_connections,
-            base_ejection_s=base_ejection_s,
-            max_ejection_s=max_ejection_s,
-            monotonic=monotonic,
-        )
-
-    @property
-    def pool(self) -> ReplicaPool:
-        """The replicas' balancing and health state."""
-        return self._client.pool
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """Embed every input, in order."""
@@ -364,7 +337,3 @@ class UpstreamEmbeddingEngine:
             else:
                 total += math.ceil(len(item.encode()) / 4)
         return total
-
-    async def close(self) -> None:
-        """Close the connections to every replica."""
-        await self._client.close()
