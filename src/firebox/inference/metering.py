@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 Outcome = Literal["completed", "stopped", "cancelled", "failed"]
+UsageKind = Literal["chat", "completion", "embedding", "image", "deployment", "fine_tuning"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,7 @@ class UsageRecord:
     account_id: str
     model: str  # full catalog name of the model called (the add-on, if one)
     base_model: str  # the model whose price applies (an add-on's base)
-    kind: Literal["chat", "completion", "embedding"]
+    kind: UsageKind
     time: datetime
     prompt_tokens: int
     completion_tokens: int
@@ -38,6 +39,14 @@ class UsageRecord:
     outcome: Outcome = "completed"
     time_to_first_token_ms: float | None = None
     duration_ms: float = 0.0
+    # What prices it (SPEC §2): the billing model's price class, or its explicit
+    # catalog price (micro-USD per unit) when it fits no class.
+    price_class: str | None = None
+    explicit_price_micros: int | None = None
+    steps: int = 0  # image generation: denoising steps
+    gpu_type: str | None = None  # on-demand deployments: GPU type and GPU time
+    gpu_milliseconds: int = 0
+    training_tokens: int = 0  # fine-tuning: dataset tokens x epochs
 
 
 class UsageSink(Protocol):

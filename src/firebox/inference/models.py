@@ -40,6 +40,8 @@ class ModelRef:
     vision: bool
     deployment: str | None = None
     adapter_path: str | None = None  # the add-on's folder, for engines that load it at run time
+    price_class: str | None = None  # SPEC §2 row of the billing model
+    explicit_price_micros: int | None = None  # catalog price when it fits no row
 
 
 class ModelResolver:
@@ -115,4 +117,6 @@ class ModelResolver:
             context_length=model.context_length or 0,
             vision=model.supports_image_input,
             adapter_path=model.adapter.path if model.adapter is not None else None,
+            price_class=model.price_class.value if model.price_class is not None else None,
+            explicit_price_micros=model.price_micro_usd,
         )

@@ -5,9 +5,11 @@ Alembic's autogenerate and the schema-drift test read ``metadata`` from here.
 
 from __future__ import annotations
 
-import firebox.accounts.models  # registers its tables, as the next line does
+import firebox.accounts.models  # registers its tables, as the next lines do
+import firebox.billing.models
 import firebox.catalog.deployed_models
-import firebox.catalog.models  # noqa: F401
+import firebox.catalog.models
+import firebox.limits.models  # noqa: F401
 from firebox.store.base import Base
 
 metadata = Base.metadata

@@ -1,0 +1,1 @@
+"""Payment providers: the ``PaymentProvider`` protocol, the test provider, Stripe."""

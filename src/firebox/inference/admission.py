@@ -1,0 +1,80 @@
+"""The admission seam: what serving asks before a request runs, and tells after.
+
+Serving describes a request's worst case as a ``Demand`` and asks the
+``Admission`` for a ``Ticket`` before any engine work; a refusal is an error
+from ``errors.py`` (429 rate limited, 402 suspended or over the spend limit).
+When the request ends — however it ends — serving calls ``Ticket.settle``
+once, with the request's usage record (or ``None`` when nothing was used), so
+the reservation is settled to the actual cost or released. The ``limits``
+slice implements this protocol; ``OpenAdmission`` admits everything (tests of
+serving alone, and engines behind no limits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from firebox.accounts.principal import Principal
+from firebox.inference.metering import UsageRecord
+
+DemandKind = Literal["chat", "completion", "embedding", "image"]
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """The most a request can use, known before it runs.
+
+    ``prompt_tokens`` is an upper bound (UTF-8 bytes of the text plus a
+    per-message allowance, or the count of token ids); ``completion_tokens``
+    is ``n`` x ``max_tokens``, or x the model's context length when absent.
+    ``images`` count 576 prompt tokens each when priced (SPEC §2).
+    """
+
+    request_id: str
+    account_id: str
+    kind: DemandKind
+    model: str  # full catalog name of the model called
+    billing_model: str  # the model whose price applies (an add-on's base)
+    price_class: str | None  # SPEC §2 row of the billing model, if it fits one
+    explicit_price_micros: int | None  # catalog price per unit, for models outside buckets
+    prompt_tokens: int
+    completion_tokens: int
+    images: int = 0
+    deployment: str | None = None  # set for on-demand deployments: never rate-limited
+
+
+class Ticket(Protocol):
+    """An admitted request; carries the rate-limit headers for its answer."""
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+    async def settle(self, usage: UsageRecord | None) -> None:
+        """Settle to ``usage`` (or release when ``None``); later calls do nothing."""
+        ...
+
+
+class Admission(Protocol):
+    """Admits requests: suspension, rate limit, spend reservation."""
+
+    async def admit(self, principal: Principal, demand: Demand) -> Ticket:
+        """A ticket for ``demand``, or raise ``RateLimited`` / ``PaymentRequired``."""
+        ...
+
+
+@dataclass
+class OpenTicket:
+    """A ticket that holds nothing."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def settle(self, usage: UsageRecord | None) -> None:
+        return None
+
+
+class OpenAdmission:
+    """Admits every request (no limits configured)."""
+
+    async def admit(self, principal: Principal, demand: Demand) -> Ticket:
+        return OpenTicket()

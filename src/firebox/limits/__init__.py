@@ -1,0 +1,1 @@
+"""Enforcement: rate limits, spend reservations, suspension, quotas (SPEC §3-§5)."""

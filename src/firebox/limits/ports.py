@@ -1,0 +1,54 @@
+"""What the limits slice needs from outside it, as protocols wired by ``services.py``.
+
+``billing`` and ``limits`` never import each other (an import-linter
+contract): billing implements ``MoneySource`` and calls ``MoneyListener``
+structurally, and ``services.py`` connects the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from firebox.inference.admission import Demand
+from firebox.inference.metering import UsageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SpendState:
+    """One account's money position, read in one transaction from the ledger.
+
+    ``spend_limit_micros`` is the effective monthly limit (the lowest of the
+    tier's, the operator's custom one and the account's own; 0 while an
+    invoice payment has failed); ``None`` means unlimited.
+    """
+
+    account_id: str
+    period: str  # "YYYY-MM", UTC
+    period_usage_micros: int  # usage written to the ledger this month, credits included
+    spend_limit_micros: int | None
+    credit_balance_micros: int
+    has_payment_method: bool
+    failed_payments: bool
+
+
+class MoneySource(Protocol):
+    """Billing as the limits slice sees it."""
+
+    def spend_state(self, account_id: str) -> SpendState:
+        """The account's current money position (from the database)."""
+        ...
+
+    def cost(self, usage: UsageRecord) -> int:
+        """What ``usage`` costs, in micro-USD, exactly as the ledger will price it."""
+        ...
+
+    def worst_case_cost(self, demand: Demand) -> int:
+        """The most ``demand`` can cost, in micro-USD."""
+        ...
+
+
+class MoneyListener(Protocol):
+    """Told when an account's money position changed (purchase, payment, limit, period)."""
+
+    def money_changed(self, account_id: str) -> None: ...
