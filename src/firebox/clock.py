@@ -54,3 +54,39 @@ class FakeClock:
                 raise ValueError("a clock cannot move backwards")
             self._now = when.astimezone(UTC)
             return self._now
+
+
+class OffsetClock:
+    """The wall clock shifted by an offset the operator can only move forward.
+
+    This is the platform's test clock (``FIREBOX_TEST_CLOCK=1``), like
+    Stripe's test clocks: ``advance_to`` jumps the platform into the future
+    (to cross a month end, say) while time keeps flowing from there, so rate
+    windows and timeouts still work on a running server.
+    """
+
+    def __init__(self, base: Clock | None = None) -> None:
+        self._base = base or SystemClock()
+        self._offset = timedelta(0)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            offset = self._offset
+        return self._base.now() + offset
+
+    def advance_to(self, when: datetime) -> datetime:
+        """Move the clock to ``when``; moving backwards is refused with ``ValueError``."""
+        if when.tzinfo is None:
+            raise ValueError("time must be timezone-aware")
+        with self._lock:
+            current = self._base.now() + self._offset
+            if when < current:
+                raise ValueError("a clock cannot move backwards")
+            self._offset += when.astimezone(UTC) - current
+            return current + (when.astimezone(UTC) - current)
+
+    @property
+    def offset(self) -> timedelta:
+        with self._lock:
+            return self._offset

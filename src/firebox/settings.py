@@ -8,8 +8,9 @@ the environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,6 +64,64 @@ class Settings(BaseSettings):
     )
     access_log: bool = True
     log_level: str = "INFO"
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="`production` refuses settings meant only for trying things out "
+        "(the test clock, the test payment provider).",
+    )
+    test_clock: bool = Field(
+        default=False,
+        description="Let the operator move the platform clock forward "
+        "(POST /v1/admin/testClock:advance) to try month ends, invoices and tiers.",
+    )
+    payment_provider: Literal["test", "stripe"] = Field(
+        default="test",
+        description="`test` behaves like Stripe test cards (pm_card_visa, "
+        "pm_card_chargeDeclined); `stripe` charges real cards with FIREBOX_STRIPE_API_KEY.",
+    )
+    stripe_api_key: str | None = None
+    price_book_file: Path | None = Field(
+        default=None, description="A price book TOML replacing the bundled one (SPEC §2 prices)."
+    )
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Where usage records are written ahead of the ledger; "
+        "defaults to <data dir>/spool. Keep it on local disk, one per host.",
+    )
+    ledger_batch_size: int = Field(default=2000, ge=1, le=100_000)
+    ledger_max_delay_s: float = Field(default=0.02, gt=0, le=5)
+    period_close_interval_s: float = Field(
+        default=30.0, gt=0, description="How often a replica checks for a month to close."
+    )
+    enforcement: bool = Field(
+        default=True,
+        description="Rate limits, spend limits and suspension on inference; off only "
+        "for benchmarks and engines with no billing.",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        description="How many gateway replicas share the limits; without Redis each "
+        "replica enforces 1/replicas of an account's rate limit.",
+    )
+
+    @model_validator(mode="after")
+    def _production_refuses_test_tools(self) -> Settings:
+        if self.environment == "production":
+            if self.test_clock:
+                raise ValueError("FIREBOX_TEST_CLOCK cannot be enabled in production")
+            if self.payment_provider == "test":
+                raise ValueError(
+                    "production needs a real payment provider: set FIREBOX_PAYMENT_PROVIDER="
+                    "stripe and FIREBOX_STRIPE_API_KEY"
+                )
+        if self.payment_provider == "stripe" and not self.stripe_api_key:
+            raise ValueError("FIREBOX_PAYMENT_PROVIDER=stripe needs FIREBOX_STRIPE_API_KEY")
+        return self
+
+    def resolved_spool_dir(self) -> Path:
+        """Where this replica writes usage ahead of the ledger."""
+        return self.spool_dir or (self.data_dir / "spool")
 
     @field_validator("data_dir")
     @classmethod

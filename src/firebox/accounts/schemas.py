@@ -30,6 +30,8 @@ class AccountUpdate(RequestModel):
     display_name: str | None = Field(default=None, max_length=63)
     email: EmailStr | None = None
     plan: Plan | None = None
+    # Operator only; null returns the account to its plan's default (SPEC §5).
+    rate_limit_requests_per_minute: int | None = Field(default=None, ge=1, le=10_000_000)
 
 
 class Account(WireModel):

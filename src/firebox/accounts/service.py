@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from sqlalchemy.exc import IntegrityError
 
 from firebox.accounts import repository as repo
@@ -36,12 +38,28 @@ def user_not_found(account_id: str, user_id: str) -> NotFound:
     )
 
 
+class AccountListener(Protocol):
+    """What other slices do when an account appears or its limits change.
+
+    Billing opens the account's books (the free credit) on creation; limits
+    stores the operator's rate limit. The accounts slice imports neither:
+    ``services.py`` passes a listener in.
+    """
+
+    def account_created(self, account_id: str) -> None: ...
+
+    def rate_limit_changed(
+        self, principal: Principal, account_id: str, requests_per_minute: int | None
+    ) -> None: ...
+
+
 class AccountService:
     """Creates, reads and updates accounts."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, listener: AccountListener | None = None) -> None:
         self._db = db
         self._clock = clock
+        self._listener = listener
 
     def create(self, principal: Principal, account_id: str, body: AccountCreate) -> Account:
         """Create an account (operator only). It starts with no user."""
@@ -65,6 +83,8 @@ class AccountService:
                 session.add(row)
         except IntegrityError:
             raise AlreadyExists(f"Account {account_id!r} already exists.") from None
+        if self._listener is not None:
+            self._listener.account_created(account_id)
         return Account.of(row)
 
     def get(self, principal: Principal, account_id: str) -> Account:
@@ -101,6 +121,13 @@ class AccountService:
                 code="operator_only",
                 param="plan",
             )
+        rate_limit_set = "rate_limit_requests_per_minute" in body.model_fields_set
+        if rate_limit_set and not principal.is_operator:
+            raise PermissionDenied(
+                "Only the platform operator can change an account's rate limit.",
+                code="operator_only",
+                param="rateLimitRequestsPerMinute",
+            )
         with self._db.transaction() as session:
             row = repo.get_account(session, account_id)
             if row is None:
@@ -119,7 +146,12 @@ class AccountService:
             if body.plan is not None:
                 row.plan = body.plan.value
             row.update_time = self._clock.now()
-            return Account.of(row)
+            account = Account.of(row)
+        if rate_limit_set and self._listener is not None:
+            self._listener.rate_limit_changed(
+                principal, account_id, body.rate_limit_requests_per_minute
+            )
+        return account
 
 
 class UserService:

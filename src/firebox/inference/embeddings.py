@@ -7,9 +7,13 @@ import struct
 import time
 from typing import Any
 
+import anyio
+
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Permission
 from firebox.clock import Clock
+from firebox.inference.admission import Admission, OpenAdmission
+from firebox.inference.demand import embedding_demand
 from firebox.inference.engine import EmbeddingRequest
 from firebox.inference.metering import UsageRecord, UsageSink
 from firebox.inference.models import ModelResolver
@@ -26,12 +30,18 @@ class EmbeddingService:
     """Serves ``/embeddings`` for embedding models in the catalog."""
 
     def __init__(
-        self, models: ModelResolver, router: EngineRouter, usage: UsageSink, clock: Clock
+        self,
+        models: ModelResolver,
+        router: EngineRouter,
+        usage: UsageSink,
+        clock: Clock,
+        admission: Admission | None = None,
     ) -> None:
         self._models = models
         self._router = router
         self._usage = usage
         self._clock = clock
+        self._admission = admission or OpenAdmission()
 
     async def embed(
         self, principal: Principal, body: EmbeddingCreate, request_id: str
@@ -40,17 +50,21 @@ class EmbeddingService:
         model = self._models.resolve_embedding(principal.account_id, body.model)
         inputs = body.inputs()
         engine = await self._router.embedding_engine(model)
-        started = time.perf_counter()
-        result = await engine.embed(
-            EmbeddingRequest(
-                request_id=request_id,
-                model=model.engine_model,
-                inputs=inputs,
-                dimensions=body.dimensions,
-            )
+        ticket = await self._admission.admit(
+            principal, embedding_demand(body, model, principal.account_id, request_id)
         )
-        self._usage.record(
-            UsageRecord(
+        record: UsageRecord | None = None
+        try:
+            started = time.perf_counter()
+            result = await engine.embed(
+                EmbeddingRequest(
+                    request_id=request_id,
+                    model=model.engine_model,
+                    inputs=inputs,
+                    dimensions=body.dimensions,
+                )
+            )
+            record = UsageRecord(
                 request_id=request_id,
                 account_id=principal.account_id,
                 model=model.name,
@@ -60,8 +74,13 @@ class EmbeddingService:
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=0,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                price_class=model.price_class,
+                explicit_price_micros=model.explicit_price_micros,
             )
-        )
+            self._usage.record(record)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await ticket.settle(record)
         data = [
             {
                 "object": "embedding",
@@ -77,6 +96,7 @@ class EmbeddingService:
             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
         }
         headers = {
+            **ticket.headers,
             "fireworks-prompt-tokens": str(result.prompt_tokens),
             "fireworks-cached-prompt-tokens": "0",
         }

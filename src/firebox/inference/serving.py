@@ -20,6 +20,8 @@ from firebox.accounts.roles import Permission
 from firebox.clock import Clock
 from firebox.errors import InvalidArgument
 from firebox.inference import responses
+from firebox.inference.admission import Admission, OpenAdmission, Ticket
+from firebox.inference.demand import generation_demand
 from firebox.inference.engine import (
     ChoiceFinished,
     GenerationRequest,
@@ -62,12 +64,18 @@ class InferenceService:
     """Serves chat and completion requests for any model in the catalog."""
 
     def __init__(
-        self, models: ModelResolver, router: EngineRouter, usage: UsageSink, clock: Clock
+        self,
+        models: ModelResolver,
+        router: EngineRouter,
+        usage: UsageSink,
+        clock: Clock,
+        admission: Admission | None = None,
     ) -> None:
         self._models = models
         self._router = router
         self._usage = usage
         self._clock = clock
+        self._admission = admission or OpenAdmission()
 
     async def generate(
         self, principal: Principal, body: Body, request_id: str
@@ -82,8 +90,15 @@ class InferenceService:
         images = body.image_count() if isinstance(body, ChatCompletionRequest) else 0
         self._check(body, model, engine, images)
         requests = self._engine_requests(body, kind, model, request_id)
-        run = GenerationRun(engine, requests, body.n)
-        meter = _Meter(self._usage, self._clock, principal, model, kind, request_id, images)
+        demand = generation_demand(body, model, principal.account_id, request_id, images)
+        ticket = await self._admission.admit(principal, demand)
+        try:
+            run = GenerationRun(engine, requests, body.n)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await ticket.settle(None)
+            raise
+        meter = _Meter(self._usage, self._clock, principal, model, kind, request_id, images, ticket)
         shape = responses.Shape(kind, request_id, body.model, int(time.time()))
         if body.stream:
             return await self._stream(run, meter, shape, body)
@@ -170,7 +185,7 @@ class InferenceService:
         finally:
             with anyio.CancelScope(shield=True):
                 await run.close()
-            meter.emit(run, outcome)
+                await meter.emit(run, outcome)
         usage = meter.usage_dict(run)
         answer = responses.full_answer(shape, run, usage)
         if body.perf_metrics_in_response:
@@ -190,9 +205,9 @@ class InferenceService:
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await run.close()
-            meter.emit(run, "failed")
+                await meter.emit(run, "failed")
             raise
-        headers = meter.headers(run) if run.prompt_known else {}
+        headers = meter.headers(run) if run.prompt_known else meter.ticket_headers()
 
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             outcome: Outcome = "stopped"
@@ -230,7 +245,7 @@ class InferenceService:
             finally:
                 with anyio.CancelScope(shield=True):
                     await run.close()
-                meter.emit(run, outcome)
+                    await meter.emit(run, outcome)
 
         return StreamingAnswer(headers, chunks())
 
@@ -247,8 +262,10 @@ class _Meter:
         kind: Literal["chat", "completion"],
         request_id: str,
         images: int,
+        ticket: Ticket,
     ) -> None:
         self._sink = sink
+        self._ticket = ticket
         self._clock = clock
         self._principal = principal
         self._model = model
@@ -270,19 +287,28 @@ class _Meter:
             "prompt_tokens_details": {"cached_tokens": run.cached_tokens},
         }
 
+    def ticket_headers(self) -> dict[str, str]:
+        return dict(self._ticket.headers)
+
     def headers(self, run: GenerationRun) -> dict[str, str]:
         return {
+            **self._ticket.headers,
             "fireworks-prompt-tokens": str(self.prompt_tokens(run)),
             "fireworks-cached-prompt-tokens": str(run.cached_tokens),
         }
 
-    def emit(self, run: GenerationRun, outcome: Outcome) -> None:
-        """Send the one usage record of this request (later calls do nothing)."""
+    async def emit(self, run: GenerationRun, outcome: Outcome) -> None:
+        """Send the one usage record of this request and settle its admission ticket.
+
+        The record goes to the sink first (the ledger's write-ahead spool), then
+        the reservation is settled to it; later calls do nothing.
+        """
         if self._emitted:
             return
         self._emitted = True
         if outcome == "failed" and not run.produced_output():
-            return  # nothing was produced: nothing to bill
+            await self._ticket.settle(None)  # nothing was produced: nothing to bill
+            return
         perf = run.perf_metrics()
         record = UsageRecord(
             request_id=self._request_id,
@@ -300,8 +326,11 @@ class _Meter:
             outcome=outcome,
             time_to_first_token_ms=perf["time_to_first_token_ms"] if run.first_token_at else None,
             duration_ms=float(perf["total_time_ms"]),
+            price_class=self._model.price_class,
+            explicit_price_micros=self._model.explicit_price_micros,
         )
         try:
             self._sink.record(record)
         except Exception:  # metering must never break an answer; the sink logs its own
             log.exception("usage record %s could not be queued", self._request_id)
+        await self._ticket.settle(record)

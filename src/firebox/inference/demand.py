@@ -1,0 +1,89 @@
+"""The worst case of a request, before it runs: what admission reserves against.
+
+A token is at least one byte of UTF-8 text, so a prompt's byte length bounds
+its token count; chat templates add a few tokens per message, allowed for
+with ``TEMPLATE_TOKENS_PER_MESSAGE``. Completion tokens are bounded by
+``max_tokens`` or, when absent, by the model's context length (the engine
+stops there); with ``n`` choices each can use that much. Overestimating
+only holds back budget until the request settles; underestimating could let
+the month's usage pass the spend limit, so every bound errs high.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from firebox.inference.admission import Demand, DemandKind
+from firebox.inference.models import ModelRef
+from firebox.inference.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingCreate
+
+TEMPLATE_TOKENS_PER_MESSAGE = 16
+UNKNOWN_CONTEXT_TOKENS = 32_768  # an upstream model whose context length is not in the catalog
+
+
+def _context(model: ModelRef) -> int:
+    return model.context_length or UNKNOWN_CONTEXT_TOKENS
+
+
+def _prompt_bound(text_or_ids: str | list[int], context: int) -> int:
+    if isinstance(text_or_ids, str):
+        bound = len(text_or_ids.encode()) + TEMPLATE_TOKENS_PER_MESSAGE
+    else:
+        bound = len(text_or_ids)
+    return min(bound, context)
+
+
+def _demand(
+    model: ModelRef,
+    request_id: str,
+    account_id: str,
+    kind: DemandKind,
+    prompt_tokens: int,
+    completion_tokens: int,
+    images: int = 0,
+) -> Demand:
+    return Demand(
+        request_id=request_id,
+        account_id=account_id,
+        kind=kind,
+        model=model.name,
+        billing_model=model.billing_model,
+        price_class=model.price_class,
+        explicit_price_micros=model.explicit_price_micros,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        images=images,
+        deployment=model.deployment,
+    )
+
+
+def generation_demand(
+    body: ChatCompletionRequest | CompletionRequest,
+    model: ModelRef,
+    account_id: str,
+    request_id: str,
+    images: int,
+) -> Demand:
+    """The most a chat or completions request can bill."""
+    context = _context(model)
+    per_choice = min(body.token_limit() or context, context)
+    if isinstance(body, ChatCompletionRequest):
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        text = orjson.dumps(messages).decode()
+        prompt = min(len(text.encode()) + TEMPLATE_TOKENS_PER_MESSAGE * len(messages), context)
+        return _demand(
+            model, request_id, account_id, "chat", prompt, body.n * per_choice, images=images
+        )
+    prompts = body.prompts()
+    prompt = sum(_prompt_bound(p, context) for p in prompts)
+    completion = len(prompts) * body.n * per_choice
+    return _demand(model, request_id, account_id, "completion", prompt, completion)
+
+
+def embedding_demand(
+    body: EmbeddingCreate, model: ModelRef, account_id: str, request_id: str
+) -> Demand:
+    """The most an embeddings request can bill (its inputs, each bounded by the context)."""
+    context = _context(model)
+    prompt = sum(_prompt_bound(i, context) for i in body.inputs())
+    return _demand(model, request_id, account_id, "embedding", prompt, 0)

@@ -1,0 +1,223 @@
+"""Limits across gateway replicas sharing PostgreSQL and Redis, and a Redis restart under load."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from firebox.store.database import normalize_url
+from tests.conftest import OPERATOR_KEY, PG_URL, REDIS_URL
+from tests.e2e.conftest import drop_schema, pg_schema_url
+from tests.e2e.enforcement_support import CHEAP, Member, chat_body, new_member, write_catalog
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.server import RunningServer, free_port, start_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstream]:
+    with FakeUpstream(model="fake/Fake-8B", context_length=512) as f:
+        yield f
+
+
+def _needs_services() -> None:
+    if not (PG_URL and REDIS_URL):
+        pytest.skip("needs FIREBOX_TEST_DATABASE_URL and FIREBOX_TEST_REDIS_URL (set in CI)")
+
+
+def _start_replicas(
+    tmp_path: Path, fake: FakeUpstream, count: int, redis_url: str, database_url: str
+) -> list[RunningServer]:
+    catalog = write_catalog(tmp_path, fake)
+    env = {
+        "FIREBOX_ADMIN_KEY": OPERATOR_KEY,
+        "FIREBOX_DATABASE_URL": database_url,
+        "FIREBOX_REDIS_URL": redis_url,
+        "FIREBOX_CATALOG_FILE": str(catalog),
+        "FIREBOX_REPLICAS": str(count),
+        "FIREBOX_ACCESS_LOG": "false",
+    }
+    return [start_server(tmp_path / f"replica{i}", env=env) for i in range(count)]
+
+
+async def _spray(
+    replicas: list[RunningServer], member: Member, total: int, concurrency: int
+) -> list[int]:
+    """``total`` chat requests spread over the replicas, ``concurrency`` at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(headers=member.headers, timeout=60, limits=limits) as http:
+
+        async def one(i: int) -> int:
+            async with gate:
+                url = replicas[i % len(replicas)].url
+                answer = await http.post(f"{url}/v1/chat/completions", json=chat_body(CHEAP, 1))
+                return answer.status_code
+
+        return await asyncio.gather(*(one(i) for i in range(total)))
+
+
+def test_four_replicas_admit_exactly_the_limit(tmp_path: Path, fake: FakeUpstream) -> None:
+    _needs_services()
+    assert REDIS_URL and PG_URL
+    schema, url = pg_schema_url()
+    redis_url = REDIS_URL.rsplit("/", 1)[0] + "/7"
+    subprocess.run(["redis-cli", "-u", redis_url, "FLUSHDB"], check=False, capture_output=True)
+    replicas = _start_replicas(tmp_path, fake, 4, redis_url, url)
+    try:
+        member = new_member(replicas[0].url, "crowd")
+        httpx.post(
+            f"{replicas[0].url}/v1/accounts/{member.account}/paymentMethods",
+            headers=member.headers,
+            json={"paymentMethod": "pm_card_visa"},
+        ).raise_for_status()
+        codes = Counter(asyncio.run(_spray(replicas, member, 2000, 128)))
+        assert codes[200] == 600, codes
+        assert codes[429] == 1400, codes
+        refused = httpx.post(
+            f"{replicas[1].url}/v1/chat/completions",
+            headers=member.headers,
+            json=chat_body(CHEAP, 1),
+        )
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert int(refused.headers["retry-after"]) >= 1
+    finally:
+        for replica in replicas:
+            replica.stop()
+        drop_schema(schema)
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port, so the test may kill and restart it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+def _usage_rows(database_url: str, account: str) -> list[tuple[str, int]]:
+    engine = create_engine(normalize_url(database_url))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT request_id, amount_micros FROM usage_records WHERE account_id = :a"),
+            {"a": account},
+        ).all()
+    engine.dispose()
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
+def test_redis_restart_under_load_loses_and_double_charges_nothing(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    _needs_services()
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs the redis-server binary to restart a private Redis")
+    redis = PrivateRedis(tmp_path / "redis")
+    redis.start()
+    schema, url = pg_schema_url()
+    replicas = _start_replicas(tmp_path, fake, 2, redis.url, url)
+    try:
+        member = new_member(replicas[0].url, "weather")
+        httpx.post(
+            f"{replicas[0].url}/v1/accounts/{member.account}/paymentMethods",
+            headers=member.headers,
+            json={"paymentMethod": "pm_card_visa"},
+        ).raise_for_status()
+
+        async def load() -> list[tuple[int, str]]:
+            async with httpx.AsyncClient(headers=member.headers, timeout=60) as http:
+
+                async def one(i: int) -> tuple[int, str]:
+                    answer = await http.post(
+                        f"{replicas[i % 2].url}/v1/chat/completions", json=chat_body(CHEAP, 2)
+                    )
+                    return answer.status_code, answer.headers.get("x-request-id", "")
+
+                results: list[tuple[int, str]] = []
+                for wave in range(6):
+                    if wave == 2:
+                        redis.kill()
+                    if wave == 4:
+                        redis.start()
+                        await asyncio.sleep(1.5)  # the replicas retry Redis after a cool-down
+                    results += await asyncio.gather(*(one(i) for i in range(40)))
+                return results
+
+        results = asyncio.run(load())
+        ok = [rid for code, rid in results if code == 200]
+        assert all(code == 200 for code, _ in results), Counter(c for c, _ in results)
+        for replica in replicas:  # a clean stop drains each replica's ledger queue
+            replica.stop()
+        rows = _usage_rows(url, member.account)
+        ids = [rid for rid, _ in rows]
+        assert len(ids) == len(set(ids)), "a request was charged twice"
+        assert sorted(ids) == sorted(ok), "a completed request has no usage record"
+        assert all(amount > 0 for _, amount in rows)
+        # After the restart the limit is enforced from Redis again, across replicas.
+        fresh = [
+            start_server(
+                tmp_path / "again",
+                env={
+                    "FIREBOX_ADMIN_KEY": OPERATOR_KEY,
+                    "FIREBOX_DATABASE_URL": url,
+                    "FIREBOX_REDIS_URL": redis.url,
+                    "FIREBOX_CATALOG_FILE": str(tmp_path / "catalog.toml"),
+                },
+            )
+        ]
+        try:
+            answer = httpx.post(
+                f"{fresh[0].url}/v1/chat/completions",
+                headers=member.headers,
+                json=chat_body(CHEAP, 1),
+            )
+            assert answer.status_code == 200
+            remaining = int(answer.headers["x-ratelimit-remaining-requests"])
+            assert remaining < 600 - 40  # the waves after the restart are counted in Redis
+        finally:
+            fresh[0].stop()
+    finally:
+        for replica in replicas:
+            replica.stop()
+        redis.kill()
+        drop_schema(schema)
