@@ -10,6 +10,8 @@ from fastapi import FastAPI
 
 from firebox import __version__
 from firebox.accounts.endpoints import router as accounts_router
+from firebox.billing import admin_endpoints as billing_admin
+from firebox.billing import endpoints as billing_endpoints
 from firebox.catalog.deployed_endpoints import router as deployed_models_router
 from firebox.catalog.endpoints import router as catalog_router
 from firebox.http.errors import install_error_handlers
@@ -17,6 +19,8 @@ from firebox.http.health import router as health_router
 from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from firebox.inference.endpoints import build_router as inference_router
 from firebox.inference.warmup import warm_local_engines
+from firebox.limits import audit_endpoints, suspension_endpoints
+from firebox.limits import endpoints as limits_endpoints
 from firebox.services import Services
 
 
@@ -28,6 +32,7 @@ def create_app(services: Services) -> FastAPI:
         warm = None
         if services.settings.warm_local_engines:
             warm = asyncio.create_task(warm_local_engines(services.catalog, services.engines))
+        services.period_job.start()  # month close, invoice retries, credit expiry
         yield
         if warm is not None:
             warm.cancel()
@@ -49,6 +54,11 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(accounts_router)
     app.include_router(catalog_router)
     app.include_router(deployed_models_router)
+    app.include_router(billing_endpoints.build_router())
+    app.include_router(billing_admin.build_router())
+    app.include_router(limits_endpoints.build_router())
+    app.include_router(audit_endpoints.build_router())
+    app.include_router(suspension_endpoints.build_router())
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(
         RequestContextMiddleware,

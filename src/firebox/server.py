@@ -29,6 +29,11 @@ def initialize(services: Services) -> BootstrapResult:
         with_demo=settings.bootstrap_demo,
     )
     preload(services.catalog, settings.catalog_file)  # raises CatalogFileError on a bad entry
+    for name in result.created:
+        if name.startswith("accounts/"):
+            services.billing.open_account(name.split()[0].removeprefix("accounts/"))
+    # Replays usage a killed process left in the spool, then starts the ledger writer.
+    services.money.ingest.start()
     return result
 
 

@@ -16,13 +16,21 @@ from firebox.accounts.revocation import (
     RevocationBus,
 )
 from firebox.accounts.service import AccountService, UserService
+from firebox.billing.invoices import InvoiceService
+from firebox.billing.period import PeriodCloseJob, PeriodCloser
+from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
-from firebox.clock import Clock, SystemClock
+from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.inference.embeddings import EmbeddingService
-from firebox.inference.metering import CollectingUsageSink, UsageSink
+from firebox.inference.metering import UsageSink
 from firebox.inference.models import ModelResolver
 from firebox.inference.router import DefaultEngineFactory, EngineFactory, EngineRouter
 from firebox.inference.serving import InferenceService
+from firebox.limits.audit import AuditLogService
+from firebox.limits.plans import PlanLimits
+from firebox.limits.quotas import QuotaService
+from firebox.limits.suspension import SuspensionService
+from firebox.money_wiring import MoneyServices, build_money
 from firebox.settings import Settings
 from firebox.store.database import Database
 from firebox.telemetry.metrics import Metrics
@@ -48,13 +56,50 @@ class Services:
     usage: UsageSink
     inference: InferenceService
     embeddings: EmbeddingService
+    money: MoneyServices
+    test_clock: OffsetClock | None = None
+
+    @property
+    def billing(self) -> BillingService:
+        return self.money.billing
+
+    @property
+    def invoices(self) -> InvoiceService:
+        return self.money.billing.invoices
+
+    @property
+    def period_closer(self) -> PeriodCloser:
+        return self.money.billing.closer
+
+    @property
+    def period_job(self) -> PeriodCloseJob:
+        return self.money.period_job
+
+    @property
+    def limits_quotas(self) -> QuotaService:
+        return self.money.quotas
+
+    @property
+    def limits_plans(self) -> PlanLimits:
+        return self.money.plans
+
+    @property
+    def limits_audit(self) -> AuditLogService:
+        return self.money.audit
+
+    @property
+    def limits_suspension(self) -> SuspensionService:
+        return self.money.suspension
 
     async def aclose(self) -> None:
         """Stop engines, then release connections (called at app shutdown)."""
         await self.engines.close()
+        await self.money.aclose()
         self.close()
 
     def close(self) -> None:
+        """Write every queued usage record, then release connections."""
+        self.money.close()
         self.revocations.close()
         self.db.dispose()
 
@@ -67,7 +112,13 @@ def build_services(
     engine_factory: EngineFactory | None = None,
     usage: UsageSink | None = None,
 ) -> Services:
-    """Wire the services for ``settings``; tests may inject the db, clock, engines and sink."""
+    """Wire the services for ``settings``; tests may inject the db, clock, engines and sink.
+
+    ``usage`` replaces the ledger as the usage sink (tests of serving alone).
+    """
+    test_clock = None
+    if clock is None and settings.test_clock:
+        clock = test_clock = OffsetClock()
     clock = clock or SystemClock()
     db = db or Database(settings.resolved_database_url())
     metrics = Metrics()
@@ -84,11 +135,12 @@ def build_services(
     else:
         revocations = InProcessRevocationBus()
     revocations.subscribe(cache.invalidate)
+    money = build_money(settings, db, clock, metrics)
     catalog = CatalogService(db, clock, refresh_s=settings.catalog_refresh_s)
     models = ModelResolver(catalog)
     models_dir = settings.models_dir
     engines = EngineRouter(engine_factory or DefaultEngineFactory(models_dir), models_dir)
-    recorded = usage or CollectingUsageSink()  # where usage records end up
+    recorded: UsageSink = usage or money.ingest  # where usage records end up
     sink = CountingUsageSink(recorded, metrics)
     return Services(
         settings=settings,
@@ -98,12 +150,14 @@ def build_services(
         key_cache=cache,
         revocations=revocations,
         authenticator=Authenticator(db, clock, cache),
-        accounts=AccountService(db, clock),
+        accounts=AccountService(db, clock, money.account_events),
         users=UserService(db, clock, revocations),
         api_keys=ApiKeyService(db, clock, revocations),
         catalog=catalog,
         engines=engines,
         usage=recorded,
-        inference=InferenceService(models, engines, sink, clock),
-        embeddings=EmbeddingService(models, engines, sink, clock),
+        inference=InferenceService(models, engines, sink, clock, money.admission),
+        embeddings=EmbeddingService(models, engines, sink, clock, money.admission),
+        money=money,
+        test_clock=test_clock,
     )

@@ -56,5 +56,38 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.admissions = Counter(
+            "firebox_admissions",
+            "Inference admission decisions, by outcome (admitted, rate_limited, "
+            "suspended, spend_limited, ...).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._admission_children: dict[str, Counter] = {}
+        self.limits_redis_fallbacks = Counter(
+            "firebox_limits_redis_fallbacks",
+            "Rate-limit checks answered from this replica's share because Redis was "
+            "unreachable.",
+            registry=self.registry,
+        )
+        self.ledger_queue_depth = Gauge(
+            "firebox_ledger_queue_depth",
+            "Usage records waiting to be written to the ledger.",
+            registry=self.registry,
+        )
+        self.ledger_records_written = Gauge(
+            "firebox_ledger_records_written",
+            "Usage records this replica wrote to the ledger since it started.",
+            registry=self.registry,
+        )
+
+    def admission(self, outcome: str) -> None:
+        """Count one admission decision (children cached: this is the hot path)."""
+        child = self._admission_children.get(outcome)
+        if child is None:
+            child = self.admissions.labels(outcome)
+            self._admission_children[outcome] = child
+        child.inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

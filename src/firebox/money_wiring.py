@@ -1,0 +1,192 @@
+"""Builds the billing and limits slices of one process and connects them.
+
+``billing`` and ``limits`` never import each other; this is the one place
+that knows both. Billing announces money changes to a ``MoneyFanout``; the
+spend guard (to drop its cached limit) and suspension (to re-evaluate the
+account's reasons) listen. Limits reads money through billing's
+``MoneySource`` methods. Accounts announce new accounts and rate-limit
+changes through ``AccountEvents``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from firebox.accounts.principal import Principal
+from firebox.billing.ingest import UsageIngest
+from firebox.billing.ledger import Ledger
+from firebox.billing.overrides import DbOverrides
+from firebox.billing.payments.provider import PaymentProvider
+from firebox.billing.payments.stripe_provider import StripePaymentProvider
+from firebox.billing.payments.test_provider import TestPaymentProvider
+from firebox.billing.period import PeriodCloseJob
+from firebox.billing.price_book import PriceBook
+from firebox.billing.pricing import Pricer
+from firebox.billing.service import BillingService
+from firebox.clock import Clock
+from firebox.inference.admission import Admission, OpenAdmission
+from firebox.limits.admission import Enforcement
+from firebox.limits.audit import AuditLogService
+from firebox.limits.hooks import SuspensionHooks
+from firebox.limits.plans import PlanLimits
+from firebox.limits.quotas import QuotaService
+from firebox.limits.rate_limiter import InProcessRateLimiter, RateLimiter, RedisRateLimiter
+from firebox.limits.redis_spend_guard import RedisSpendGuard
+from firebox.limits.spend_guard import InProcessSpendGuard, SpendGuard
+from firebox.limits.suspension import SuspensionService
+from firebox.settings import Settings
+from firebox.store.database import Database
+from firebox.telemetry.metrics import Metrics
+
+log = logging.getLogger("firebox.wiring")
+
+
+class MoneyFanout:
+    """A ``MoneyListener`` that passes each change to every subscriber, never raising."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[str], None]] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def money_changed(self, account_id: str) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(account_id)
+            except Exception:  # one listener failing must not hide the change from the rest
+                log.exception("money listener failed for account %s", account_id)
+
+
+class AccountEvents:
+    """The accounts slice's listener: opens the books, routes the operator's rate limit."""
+
+    def __init__(self, billing: BillingService, plans: PlanLimits) -> None:
+        self._billing = billing
+        self._plans = plans
+
+    def account_created(self, account_id: str) -> None:
+        self._billing.open_account(account_id)
+
+    def rate_limit_changed(
+        self, principal: Principal, account_id: str, requests_per_minute: int | None
+    ) -> None:
+        self._plans.set_account_limits(
+            principal, account_id, requests_per_minute=requests_per_minute
+        )
+
+
+@dataclass
+class MoneyServices:
+    """Billing and limits of one process."""
+
+    billing: BillingService
+    pricer: Pricer
+    overrides: DbOverrides
+    ingest: UsageIngest
+    period_job: PeriodCloseJob
+    fanout: MoneyFanout
+    plans: PlanLimits
+    rate_limiter: RateLimiter
+    spend_guard: SpendGuard
+    suspension: SuspensionService
+    hooks: SuspensionHooks
+    audit: AuditLogService
+    quotas: QuotaService
+    admission: Admission
+    account_events: AccountEvents
+
+    async def aclose(self) -> None:
+        for closable in (self.rate_limiter, self.spend_guard):
+            aclose = getattr(closable, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    log.exception("closing %s failed", type(closable).__name__)
+
+    def close(self) -> None:
+        """Stop the period job and drain the usage queue into the ledger."""
+        self.period_job.stop()
+        self.ingest.close()
+
+
+def payment_provider(settings: Settings) -> PaymentProvider:
+    if settings.payment_provider == "stripe":
+        assert settings.stripe_api_key  # the settings validator insists on it
+        return StripePaymentProvider(settings.stripe_api_key)
+    return TestPaymentProvider()
+
+
+def build_money(settings: Settings, db: Database, clock: Clock, metrics: Metrics) -> MoneyServices:
+    """Billing, the ledger writer and enforcement for ``settings``."""
+    book = PriceBook.load(settings.price_book_file)
+    # Other replicas change overrides too: reload within a minute.
+    overrides = DbOverrides(db, clock, max_age=timedelta(seconds=60))
+    pricer = Pricer(book, overrides, clock=clock)
+    fanout = MoneyFanout()
+    billing = BillingService(db, clock, pricer, payment_provider(settings), fanout)
+    ledger = Ledger(db, clock, fanout, book=book)
+    ingest = UsageIngest(
+        pricer,
+        ledger,
+        settings.resolved_spool_dir(),
+        batch_size=settings.ledger_batch_size,
+        max_delay_s=settings.ledger_max_delay_s,
+    )
+    period_job = PeriodCloseJob(
+        billing.closer,
+        billing.invoices,
+        clock,
+        interval_s=settings.period_close_interval_s,
+        extra=billing.expire_credits,
+    )
+    plans = PlanLimits(db, clock)
+    local_limiter = InProcessRateLimiter(clock)
+    rate_limiter: RateLimiter = local_limiter
+    spend_guard: SpendGuard
+    if settings.redis_url:
+        rate_limiter = RedisRateLimiter(
+            settings.redis_url,
+            clock,
+            local_limiter,
+            settings.replicas,
+            on_fallback=metrics.limits_redis_fallbacks.inc,
+        )
+        spend_guard = RedisSpendGuard(settings.redis_url, billing, clock)
+    else:
+        spend_guard = InProcessSpendGuard(billing, clock)
+    hooks = SuspensionHooks()
+    suspension = SuspensionService(db, clock, billing, hooks, committed=spend_guard.committed)
+    fanout.subscribe(spend_guard.money_changed)
+    fanout.subscribe(suspension.money_changed)
+    admission: Admission = OpenAdmission()
+    if settings.enforcement:
+        admission = Enforcement(
+            plans, rate_limiter, spend_guard, suspension, billing, clock, metrics=metrics
+        )
+    return MoneyServices(
+        billing=billing,
+        pricer=pricer,
+        overrides=overrides,
+        ingest=ingest,
+        period_job=period_job,
+        fanout=fanout,
+        plans=plans,
+        rate_limiter=rate_limiter,
+        spend_guard=spend_guard,
+        suspension=suspension,
+        hooks=hooks,
+        audit=AuditLogService(db),
+        quotas=QuotaService(db, clock, plans, rate_limiter),
+        admission=admission,
+        account_events=AccountEvents(billing, plans),
+    )
