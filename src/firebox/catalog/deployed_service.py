@@ -54,13 +54,37 @@ class AdapterHooks(Protocol):
     async def unload_adapter(self, addon: ResolvedModel) -> None: ...
 
 
+class QuotaClaims(Protocol):
+    """The limits slice's quota enforcement, called inside our transaction.
+
+    ``claim`` locks the account's quota row, so two concurrent loads cannot
+    both take the last free unit; it raises ``quota_exceeded`` when none is left.
+    """
+
+    def claim(self, session: Session, account_id: str, quota_id: str, amount: int = 1) -> None: ...
+
+    def release(
+        self, session: Session, account_id: str, quota_id: str, amount: int = 1
+    ) -> None: ...
+
+
+DEPLOYED_MODELS_QUOTA = "deployed-models"
+
+
 class DeployedModelService:
     """Loads, lists, changes and unloads the LoRA add-ons of an account."""
 
-    def __init__(self, db: Database, clock: Clock, rebuild_index: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        rebuild_index: Callable[[], None],
+        quotas: QuotaClaims | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
         self._rebuild_index = rebuild_index
+        self.quotas = quotas  # set by services.py once the limits slice exists
 
     # -- load and unload -------------------------------------------------------
 
@@ -214,6 +238,8 @@ class DeployedModelService:
                 if existing is not None:
                     raise _already_loaded(resolved.name, existing)
                 _check_public(spec.public, account_id, addon)
+                if self.quotas is not None:
+                    self.quotas.claim(session, account_id, DEPLOYED_MODELS_QUOTA)
                 row = self._new_row(session, account_id, addon, spec)
                 session.add(row)
                 session.flush()
@@ -262,6 +288,9 @@ class DeployedModelService:
 
     def _forget(self, pk: int) -> None:
         with self._db.transaction() as session:
+            row = deployed_repo.get_by_pk(session, pk)
+            if row is not None and self.quotas is not None:
+                self.quotas.release(session, row.account_id, DEPLOYED_MODELS_QUOTA)
             deployed_repo.remove(session, pk)
         self._rebuild_index()
 
