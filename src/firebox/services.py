@@ -137,6 +137,7 @@ def build_services(
     revocations.subscribe(cache.invalidate)
     money = build_money(settings, db, clock, metrics)
     catalog = CatalogService(db, clock, refresh_s=settings.catalog_refresh_s)
+    catalog.deployed_models.quotas = money.quotas
     models = ModelResolver(catalog)
     models_dir = settings.models_dir
     engines = EngineRouter(engine_factory or DefaultEngineFactory(models_dir), models_dir)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from firebox.inference.metering import CollectingUsageSink
 from firebox.services import Services
 from tests.catalog.conftest import post_model, text_base
 from tests.inference.conftest import ADAPTER, register_upstream_models
 from tests.support.api import bearer, create_account, member_key, ok
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.ledger import usage_rows
 
 BASE = "accounts/firebox/models/llama-8b"
 ADDON = "accounts/firebox/models/llama-8b-sql"
@@ -65,12 +66,15 @@ def test_chat_non_streaming(
     assert response.headers["fireworks-prompt-tokens"] == str(usage["prompt_tokens"])
     assert response.headers["fireworks-cached-prompt-tokens"] == "0"
     assert response.headers["x-request-id"] == "req-chat-1"
-    sink = services.usage
-    assert isinstance(sink, CollectingUsageSink)
-    [record] = [r for r in sink.records() if r.request_id == "req-chat-1"]
+    [record] = usage_rows(services, "req-chat-1")
     assert record.account_id == "acme"
     assert record.model == BASE and record.base_model == BASE
     assert record.completion_tokens == 5 and record.outcome == "completed"
+    assert record.prompt_tokens == usage["prompt_tokens"]
+    # 8B dense: $0.20 per 1M tokens, rounded half-even to the micro-dollar.
+    tokens = usage["prompt_tokens"] + 5
+    expected = (Decimal(tokens) * Decimal("0.2")).to_integral_value(ROUND_HALF_EVEN)
+    assert record.amount_micros == int(expected) and record.unit_price_micros == 200_000
 
 
 def test_chat_streaming_with_usage(
@@ -101,8 +105,9 @@ def test_chat_streaming_with_usage(
     last = chunks[-1]
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 4
     assert last["perf_metrics"]["completion_tokens"] == 4
-    records = [r for r in services.usage.records() if r.request_id == "req-stream-1"]  # type: ignore[attr-defined]
+    records = usage_rows(services, "req-stream-1")
     assert len(records) == 1 and records[0].outcome == "completed"
+    assert records[0].completion_tokens == 4
 
 
 def test_lora_addon_goes_to_its_adapter_at_base_price(
@@ -118,8 +123,9 @@ def test_lora_addon_goes_to_its_adapter_at_base_price(
     assert body["object"] == "text_completion"
     assert body["model"] == ADDON
     assert upstream.requests[-1]["model"] == ADAPTER
-    [record] = [r for r in services.usage.records() if r.request_id == "req-lora"]  # type: ignore[attr-defined]
+    [record] = usage_rows(services, "req-lora")
     assert record.model == ADDON and record.base_model == BASE
+    assert record.unit_price_micros == 200_000  # the base model's rate, no surcharge
 
 
 def test_completions_batch_prompts_and_n(client: TestClient, key: dict[str, str]) -> None:

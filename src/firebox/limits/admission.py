@@ -1,0 +1,255 @@
+"""``Enforcement``: the admission serving asks before every inference request.
+
+In order (ARCHITECTURE "one request, end to end", step 3):
+
+1. suspension — an account with a reason is refused with a 402 naming it
+   and what lifts it;
+2. the serverless rate limit (requests/min; tokens/min where the operator
+   set them) — never for on-demand deployments nor unlimited plans;
+3. a spend reservation of the request's worst-case cost; a refusal is a 402,
+   and a refusal that no other request caused (``Refusal.hard``) also
+   suspends the account for its reason.
+
+The platform operator is never limited. The ticket carries the rate-limit
+headers and settles the reservation once, to the priced usage.
+
+On the hot path nothing waits on the database: plan limits and suspension
+reasons come from per-replica caches (read in a worker thread on a miss),
+the in-process limiter and guard do no I/O, and with Redis each of the rate
+limit and the reservation is one Lua round trip (two calls: they live under
+different keys, and the guard falls back on its own when Redis is down).
+
+Token limits are an approximation: prompt tokens are counted at admission
+from the demand's upper bound (over-counting short prompts), generated
+tokens only when a request settles, so requests already in flight can
+take the generated count past its limit; new ones are then refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from anyio import to_thread
+
+from firebox.accounts.principal import Principal
+from firebox.clock import Clock
+from firebox.errors import InvalidArgument, PaymentRequired, RateLimited
+from firebox.inference.admission import Demand, OpenTicket, Ticket
+from firebox.inference.metering import UsageRecord
+from firebox.limits.hooks import Reason
+from firebox.limits.plans import AccountLimits, PlanLimits
+from firebox.limits.ports import MoneySource
+from firebox.limits.rate_limiter import (
+    RateDecision,
+    RateLimiter,
+    generated_tokens_key,
+    prompt_tokens_key,
+    requests_key,
+)
+from firebox.limits.spend_guard import Refusal, Reservation, SpendGuard
+from firebox.limits.suspension import SuspensionService
+
+log = logging.getLogger(__name__)
+
+_CODES = {
+    Reason.MONTHLY_SPEND_LIMIT_EXCEEDED: "monthly_spend_limit_exceeded",
+    Reason.CREDIT_DEPLETED: "credit_depleted",
+    Reason.FAILED_PAYMENTS: "failed_payments",
+    Reason.BLOCKED_BY_ABUSE_RULE: "blocked",
+}
+_WHAT_LIFTS = {
+    Reason.MONTHLY_SPEND_LIMIT_EXCEEDED: "its usage reached the monthly spend limit. Raise the "
+    "account's spend limit (accountSpendLimit), buy credits to reach a higher usage tier, or "
+    "wait for the month to roll over (UTC)",
+    Reason.CREDIT_DEPLETED: "its credits are used up and it has no payment method on file. "
+    "Add a payment method or buy credits",
+    Reason.FAILED_PAYMENTS: "an invoice payment failed. Pay the failed invoice "
+    "(or add a working payment method and pay it)",
+    Reason.BLOCKED_BY_ABUSE_RULE: "it was blocked by the platform operator. Contact the operator",
+}
+
+
+class AdmissionMetrics(Protocol):
+    """Counts admissions by outcome (the lead's Prometheus counter)."""
+
+    def admission(self, outcome: str) -> None: ...
+
+
+def suspended(account_id: str, reason: str) -> PaymentRequired:
+    """The 402 for an account suspended for ``reason``."""
+    try:
+        known = Reason(reason)
+    except ValueError:  # a reason this replica does not know yet: the safe wording
+        known = Reason.BLOCKED_BY_ABUSE_RULE
+    return PaymentRequired(
+        f"Account {account_id!r} is suspended: {_WHAT_LIFTS[known]}.", code=_CODES[known]
+    )
+
+
+def spend_refused(account_id: str, refusal: Refusal) -> PaymentRequired:
+    """The 402 for a request whose worst-case cost does not fit under the account's cap."""
+    usd = f"${refusal.limit_micros // 1_000_000}.{refusal.limit_micros % 1_000_000:06d}"
+    return PaymentRequired(
+        f"This request could cost more than account {account_id!r} may still spend this "
+        f"month (cap {usd}): {_WHAT_LIFTS[refusal.reason]}. Lowering max_tokens reserves less.",
+        code=_CODES[refusal.reason],
+    )
+
+
+def rate_limited(account_id: str, decision: RateDecision, what: str) -> RateLimited:
+    """The 429 for a refused rate check, with ``Retry-After`` and the rate-limit headers."""
+    retry = max(1, decision.retry_after_s or 1)
+    return RateLimited(
+        f"Rate limit reached for account {account_id!r}: {decision.limit} {what} per minute, "
+        f"all serverless models together. Retry after {retry} s, or ask the platform operator "
+        "for a higher limit.",
+        code="rate_limit_exceeded",
+        headers={**decision.headers(), "Retry-After": str(retry)},
+    )
+
+
+class Enforcement:
+    """Implements ``firebox.inference.admission.Admission`` with the limits slice's rules."""
+
+    def __init__(
+        self,
+        plans: PlanLimits,
+        rate_limiter: RateLimiter,
+        spend_guard: SpendGuard,
+        suspension: SuspensionService,
+        money: MoneySource,
+        clock: Clock,
+        metrics: AdmissionMetrics | None = None,
+    ) -> None:
+        self._plans = plans
+        self._limiter = rate_limiter
+        self._guard = spend_guard
+        self._suspension = suspension
+        self._money = money
+        self._clock = clock
+        self._metrics = metrics
+
+    async def admit(self, principal: Principal, demand: Demand) -> Ticket:
+        if principal.is_operator:
+            self._count("operator")
+            return OpenTicket()
+        account = demand.account_id
+        reasons = self._suspension.reasons_cached(account)
+        if reasons is None:
+            reasons = await self._suspension.reasons_async(account)
+        if reasons:
+            self._count("suspended")
+            raise suspended(account, reasons[0])
+        limits = self._plans.cached(account)
+        if limits is None:
+            limits = await to_thread.run_sync(self._plans.load, account)
+        headers: dict[str, str] = {}
+        if demand.deployment is None:
+            headers = await self._rate_limit(account, limits, demand)
+        held = await self._guard.reserve(account, self._money.worst_case_cost(demand))
+        if isinstance(held, Refusal):
+            self._count("spend_refused")
+            if held.hard:
+                await self._suspend(account, held)
+            raise spend_refused(account, held)
+        self._count("admitted")
+        tokens_key = generated_tokens_key(account) if limits.generated_tokens_per_minute else None
+        return EnforcedTicket(self, held, headers, tokens_key)
+
+    async def _rate_limit(
+        self, account: str, limits: AccountLimits, demand: Demand
+    ) -> dict[str, str]:
+        """Check the per-minute limits of ``limits``; the headers of the answer."""
+        headers: dict[str, str] = {}
+        rpm = limits.requests_per_minute
+        if rpm is not None:
+            decision = await self._limiter.hit(requests_key(account), rpm)
+            if not decision.allowed:
+                self._count("rate_limited")
+                raise rate_limited(account, decision, "requests")
+            headers = decision.headers()
+        generated = limits.generated_tokens_per_minute
+        if generated is not None:
+            # Amount 0 under limit - 1: admitted iff fewer than ``generated`` are counted.
+            seen = await self._limiter.hit(generated_tokens_key(account), generated - 1, 0)
+            if not seen.allowed:
+                self._count("rate_limited")
+                shown = RateDecision(False, generated, seen.used, seen.reset_s, seen.retry_after_s)
+                raise rate_limited(account, shown, "generated tokens")
+        prompt = limits.prompt_tokens_per_minute
+        if prompt is not None:
+            decision = await self._limiter.hit(
+                prompt_tokens_key(account), prompt, demand.prompt_tokens
+            )
+            if not decision.allowed:
+                self._count("rate_limited")
+                if decision.retry_after_s is None:
+                    raise InvalidArgument(
+                        f"This prompt may use up to {demand.prompt_tokens} tokens, more than "
+                        f"account {account!r} may send in a minute ({prompt}); shorten it.",
+                        code="prompt_exceeds_token_rate_limit",
+                    )
+                raise rate_limited(account, decision, "prompt tokens")
+        return headers
+
+    async def _suspend(self, account: str, refusal: Refusal) -> None:
+        """Raise the refusal's reason as a suspension reason; a failure is only logged."""
+        detail = f"usage reached the cap of {refusal.limit_micros} micro-USD"
+        try:
+            await to_thread.run_sync(
+                lambda: self._suspension.raise_reason(
+                    account, refusal.reason.value, detail, period=refusal.period
+                )
+            )
+        except Exception:
+            log.exception("suspending %s for %s failed", account, refusal.reason)
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.admission(outcome)
+
+
+class EnforcedTicket:
+    """An admitted request: its headers, and the reservation its settlement closes."""
+
+    __slots__ = ("_enforcement", "_headers", "_reservation", "_settled", "_tokens_key")
+
+    def __init__(
+        self,
+        enforcement: Enforcement,
+        reservation: Reservation,
+        headers: dict[str, str],
+        tokens_key: str | None,
+    ) -> None:
+        self._enforcement = enforcement
+        self._reservation = reservation
+        self._headers = headers
+        self._tokens_key = tokens_key
+        self._settled = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+    @property
+    def reservation(self) -> Reservation:
+        return self._reservation
+
+    async def settle(self, usage: UsageRecord | None) -> None:
+        """Settle to ``usage``'s cost, or release; only the first call counts; never raises."""
+        if self._settled:
+            return
+        self._settled = True
+        owner = self._enforcement
+        try:
+            if usage is None:
+                await owner._guard.release(self._reservation)
+                return
+            reached = await owner._guard.settle(self._reservation, owner._money.cost(usage))
+            if reached is not None and reached.hard:
+                await owner._suspend(self._reservation.account_id, reached)
+            if self._tokens_key is not None and usage.completion_tokens:
+                await owner._limiter.add(self._tokens_key, usage.completion_tokens)
+        except Exception:
+            log.exception("settling reservation %s failed", self._reservation.id)
