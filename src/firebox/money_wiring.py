@@ -83,6 +83,9 @@ class AccountEvents:
             principal, account_id, requests_per_minute=requests_per_minute
         )
 
+    def plan_changed(self, account_id: str) -> None:
+        self._plans.invalidate(account_id)  # the plan sets the default rate limit and quotas
+
 
 @dataclass
 class MoneyServices:
@@ -168,6 +171,8 @@ def build_money(settings: Settings, db: Database, clock: Clock, metrics: Metrics
     suspension = SuspensionService(db, clock, billing, hooks, committed=spend_guard.committed)
     fanout.subscribe(spend_guard.money_changed)
     fanout.subscribe(suspension.money_changed)
+    metrics.ledger_queue_depth.set_function(lambda: ingest.queue_depth)
+    metrics.ledger_records_written.set_function(lambda: ingest.written)
     admission: Admission = OpenAdmission()
     if settings.enforcement:
         admission = Enforcement(

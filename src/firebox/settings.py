@@ -88,7 +88,7 @@ class Settings(BaseSettings):
         description="Where usage records are written ahead of the ledger; "
         "defaults to <data dir>/spool. Keep it on local disk, one per host.",
     )
-    ledger_batch_size: int = Field(default=2000, ge=1, le=100_000)
+    ledger_batch_size: int = Field(default=5000, ge=1, le=100_000)
     ledger_max_delay_s: float = Field(default=0.02, gt=0, le=5)
     period_close_interval_s: float = Field(
         default=30.0, gt=0, description="How often a replica checks for a month to close."

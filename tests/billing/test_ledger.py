@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from firebox.billing.bulk import insert_all
-from firebox.billing.ledger import ENTRIES, Ledger, use_reference
+from firebox.billing.ledger import ENTRIES, ENTRY_COLUMNS, Ledger, use_reference
 from firebox.billing.models import (
     BillingAccountRow,
     CreditEntryRow,
@@ -141,9 +141,53 @@ def test_credit_order_earliest_expiry_first_never_negative(
     assert applied == {"r1": 15, "r2": 12, "r3": 113}
     with billing_db.transaction() as session:
         refs = set(session.scalars(select(CreditEntryRow.reference)))
-    assert use_reference("r2", "soon-b") in refs
+    assert use_reference("soon-b", ["r2"]) in refs
     for grant_id in ("forever", "late", "soon", "soon-b", "soon-a"):
         assert entry_sum(billing_db, grant_id) == 0
+
+
+def entries(db: Database) -> list[tuple[str, str, int, str]]:
+    with db.transaction() as session:
+        rows = session.scalars(
+            select(CreditEntryRow).where(CreditEntryRow.kind == "USE").order_by(CreditEntryRow.id)
+        )
+        return [(e.account_id, e.grant_id, e.amount_micros, e.reference) for e in rows]
+
+
+def test_one_use_entry_per_grant_and_batch(
+    billing_db: Database, ledger: Ledger, make_account: MakeAccount, add_grant: AddGrant
+) -> None:
+    make_account("acme")
+    make_account("beta")
+    add_grant("acme", "a1", 10, expire_time=T0 + timedelta(days=1))
+    add_grant("acme", "a2", 100)
+    add_grant("beta", "b1", 100)
+    late = T0 + timedelta(seconds=5)
+    batch = [
+        micro(4, request_id="x1"),
+        micro(9, request_id="x2", time=late),  # 6 from a1 (now empty), 3 from a2
+        micro(2, request_id="x3", time=late),  # a2 only
+        micro(7, request_id="y1", account_id="beta"),
+    ]
+    assert ledger.apply(batch) == 4
+    assert entries(billing_db) == [
+        ("acme", "a1", -10, use_reference("a1", ["x2", "x1"])),
+        ("acme", "a2", -5, use_reference("a2", ["x2", "x3"])),
+        ("beta", "b1", -7, use_reference("b1", ["y1"])),
+    ]
+    with billing_db.transaction() as session:
+        times = list(
+            session.scalars(select(CreditEntryRow.time).where(CreditEntryRow.kind == "USE"))
+        )
+    assert times == [late, late, T0]  # the latest record that drew on the grant
+    assert ledger.apply(batch) == 0  # a replay draws nothing, so writes no entry
+    assert ledger.apply([*batch, micro(1, request_id="x4")]) == 1
+    assert entries(billing_db)[3:] == [("acme", "a2", -1, use_reference("a2", ["x4"]))]
+    assert grants(billing_db) == {"a1": 0, "a2": 94, "b1": 93}
+    for grant_id in ("a1", "a2", "b1"):
+        assert entry_sum(billing_db, grant_id) == grants(billing_db)[grant_id]
+    assert use_reference("a2", ["x3", "x2"]) == use_reference("a2", ["x2", "x3"])
+    assert use_reference("a2", ["x2"]) != use_reference("a2", ["x3"])
 
 
 def test_grant_expired_at_record_time_is_skipped(
@@ -247,14 +291,7 @@ def test_a_colliding_insert_fails_the_batch_retryably(
     billing_db: Database, make_account: MakeAccount
 ) -> None:
     make_account("acme")
-    row = {
-        "account_id": "acme",
-        "grant_id": "g",
-        "kind": "USE",
-        "amount_micros": -1,
-        "reference": "same",
-        "time": T0,
-    }
+    row = ("acme", "g", "USE", -1, "same", T0)
     with billing_db.transaction() as session:
         session.add(
             CreditGrantRow(
@@ -268,7 +305,7 @@ def test_a_colliding_insert_fails_the_batch_retryably(
             )
         )
     with pytest.raises(ServiceUnavailable) as caught, billing_db.transaction() as session:
-        insert_all(session, ENTRIES, [row, dict(row)], sqlite=billing_db.is_sqlite)
+        insert_all(session, ENTRIES, ENTRY_COLUMNS, [row, row], sqlite=billing_db.is_sqlite)
     assert caught.value.code == "ledger_conflict"
     with billing_db.transaction() as session:
         assert session.scalar(select(func.count()).select_from(CreditEntryRow)) == 0

@@ -147,7 +147,7 @@ def test_spend_limit_is_never_overshot_and_lifts_when_raised(server: RunningServ
         assert answer.json()["error"]["code"] == "monthly_spend_limit_exceeded"
         assert "accountSpendLimit" in answer.json()["error"]["message"]
         assert settled_usage(url, member) <= limit
-        assert suspend_state(url, member) == "SUSPENDED"
+        assert suspend_state(url, member) == "MONTHLY_SPEND_LIMIT_EXCEEDED"
         assert "MONTHLY_SPEND_LIMIT_EXCEEDED" in audit_text(url, member)
         # Everything stops, even a request that would fit.
         tiny = http.post("/v1/chat/completions", json=chat_body(CHEAP, 1))
@@ -179,7 +179,7 @@ def test_credit_depleted_without_card_then_card_lifts_it(server: RunningServer) 
         assert "payment method" in refused.json()["error"]["message"].lower()
         assert Decimal(str(billing(url, member)["creditBalance"])) == 0
         assert settled_usage(url, member) == Decimal("1.00")
-        assert suspend_state(url, member) == "SUSPENDED"
+        assert suspend_state(url, member) == "CREDIT_DEPLETED"
 
         add_card(url, member, "pm_card_visa")
         assert suspend_state(url, member) == "UNSUSPENDED"
@@ -222,7 +222,7 @@ def test_declined_invoice_suspends_and_paying_lifts(server: RunningServer) -> No
         invoice = invoices[0]
         assert invoice["state"] == "PAYMENT_FAILED", invoice
         assert invoice["total"] == "0.50"
-        assert suspend_state(url, member) == "SUSPENDED"
+        assert suspend_state(url, member) == "FAILED_PAYMENTS"
         refused = http.post("/v1/completions", json=dear_completion())
         assert refused.status_code == 402
         assert refused.json()["error"]["code"] == "failed_payments"

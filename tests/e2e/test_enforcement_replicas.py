@@ -56,7 +56,8 @@ async def _spray(
 ) -> list[int]:
     """``total`` chat requests spread over the replicas, ``concurrency`` at a time."""
     gate = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency)
+    # Expire idle connections before uvicorn does (5 s), so none is reused as it closes.
+    limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=2.0)
     async with httpx.AsyncClient(headers=member.headers, timeout=60, limits=limits) as http:
 
         async def one(i: int) -> int:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -22,14 +27,18 @@ from firebox.limits.admission import EnforcedTicket, Enforcement
 from firebox.limits.hooks import SuspensionHooks
 from firebox.limits.plans import PlanLimits
 from firebox.limits.ports import SpendState
-from firebox.limits.rate_limiter import InProcessRateLimiter
+from firebox.limits.rate_limiter import InProcessRateLimiter, RedisRateLimiter
+from firebox.limits.redis_spend_guard import RedisSpendGuard
 from firebox.limits.spend_guard import InProcessSpendGuard
 from firebox.limits.suspension import SuspensionService
 from firebox.store.database import Database
+from tests.conftest import REDIS_URL
+from tests.limits.test_rate_limiter import Proxy
 
 START = datetime(2026, 3, 10, 12, 0, 0, tzinfo=UTC)
 OPERATOR = Principal("firebox", "op", 1, Role.ADMIN, "k0", "h0", is_operator=True)
 MEMBER = Principal("acme", "alice", 2, Role.USER, "k1", "h1")
+BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)] if REDIS_URL else ["memory"]
 
 
 @pytest.fixture
@@ -64,13 +73,25 @@ class Metrics:
 
 
 class World:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, redis_url: str | None = None) -> None:
         self.clock = FakeClock(START)
         self.db = db
         self.money = Money()
         self.plans = PlanLimits(db, self.clock)
-        self.limiter = InProcessRateLimiter(self.clock)
-        self.guard = InProcessSpendGuard(self.money, self.clock)
+        self.limiter: InProcessRateLimiter | RedisRateLimiter = InProcessRateLimiter(self.clock)
+        self.guard: InProcessSpendGuard | RedisSpendGuard = InProcessSpendGuard(
+            self.money, self.clock
+        )
+        self.prefix = f"test:adm:{uuid.uuid4().hex[:8]}:"
+        if redis_url is not None:
+            self.limiter = RedisRateLimiter(
+                redis_url,
+                self.clock,
+                InProcessRateLimiter(self.clock),
+                1,
+                key_prefix=self.prefix + "rate:",
+            )
+            self.guard = RedisSpendGuard(redis_url, self.money, self.clock, key_prefix=self.prefix)
         self.suspension = SuspensionService(db, self.clock, self.money, SuspensionHooks())
         self.metrics = Metrics()
         self.enforcement = Enforcement(
@@ -96,6 +117,35 @@ def world(database: Database) -> World:
     return World(database)
 
 
+@pytest.fixture(params=BACKENDS)
+async def both(request: pytest.FixtureRequest, database: Database) -> AsyncIterator[World]:
+    """A world on in-process counters, and (when Redis is set) one on Redis."""
+    made = World(database, REDIS_URL if request.param == "redis" else None)
+    yield made
+    if isinstance(made.limiter, RedisRateLimiter):
+        assert made.limiter.fallback_checks == 0
+        await made.limiter.aclose()
+    if isinstance(made.guard, RedisSpendGuard):
+        assert made.guard.fallbacks == 0
+        await made.guard.aclose()
+        client = redis.Redis.from_url(made.guard.redis_url)
+        for key in client.scan_iter(f"{made.prefix}*"):
+            client.delete(key)
+        client.close()
+
+
+def reserved(world: World, account: str) -> int:
+    """Money held by open reservations of ``account`` this month, on either backend."""
+    if isinstance(world.guard, InProcessSpendGuard):
+        return world.guard.reserved(account)
+    client = redis.Redis.from_url(world.guard.redis_url)
+    try:
+        value = client.hget(world.guard.keys(account, "2026-03")[0], "reserved")
+    finally:
+        client.close()
+    return int(value or 0)
+
+
 def demand(
     account: str = "acme", prompt: int = 10, completion: int = 90, **extra: object
 ) -> Demand:
@@ -118,32 +168,32 @@ def usage(account: str = "acme", prompt: int = 10, completion: int = 40) -> Usag
 
 
 @pytest.mark.anyio
-async def test_admit_reserves_and_settle_commits_once(world: World) -> None:
-    ticket = await world.enforcement.admit(MEMBER, demand())
+async def test_admit_reserves_and_settle_commits_once(both: World) -> None:
+    ticket = await both.enforcement.admit(MEMBER, demand())
     assert isinstance(ticket, EnforcedTicket)
     assert ticket.headers == {
         "x-ratelimit-limit-requests": "600",
         "x-ratelimit-remaining-requests": "599",
         "x-ratelimit-reset-requests": "60s",
     }
-    assert world.guard.reserved("acme") == 100
+    assert reserved(both, "acme") == 100
     await ticket.settle(usage())
     await ticket.settle(usage(completion=1000))  # a second settle changes nothing
-    assert (world.guard.reserved("acme"), world.guard.committed("acme")) == (0, 50)
-    released = await world.enforcement.admit(MEMBER, demand())
+    assert (reserved(both, "acme"), both.guard.committed("acme")) == (0, 50)
+    released = await both.enforcement.admit(MEMBER, demand())
     await released.settle(None)
-    assert (world.guard.reserved("acme"), world.guard.committed("acme")) == (0, 50)
-    assert world.metrics.outcomes == Counter(admitted=2)
+    assert (reserved(both, "acme"), both.guard.committed("acme")) == (0, 50)
+    assert both.metrics.outcomes == Counter(admitted=2)
 
 
 @pytest.mark.anyio
-async def test_rate_limit_refuses_with_retry_after(world: World) -> None:
-    world.plans.set_account_limits(OPERATOR, "acme", 3)
+async def test_rate_limit_refuses_with_retry_after(both: World) -> None:
+    both.plans.set_account_limits(OPERATOR, "acme", 3)
     for _ in range(3):
-        await world.enforcement.admit(MEMBER, demand())
-    world.clock.advance(timedelta(seconds=20))
+        await both.enforcement.admit(MEMBER, demand())
+    both.clock.advance(timedelta(seconds=20))
     with pytest.raises(RateLimited) as refused:
-        await world.enforcement.admit(MEMBER, demand())
+        await both.enforcement.admit(MEMBER, demand())
     error = refused.value
     assert error.code == "rate_limit_exceeded"
     assert error.headers == {
@@ -153,14 +203,14 @@ async def test_rate_limit_refuses_with_retry_after(world: World) -> None:
         "Retry-After": "40",
     }
     assert "3 requests per minute" in error.message and "Retry after 40 s" in error.message
-    assert world.guard.reserved("acme") == 300  # the refused one reserved nothing
+    assert reserved(both, "acme") == 300  # the refused one reserved nothing
     # On-demand deployments are never rate-limited; nor is the operator.
-    deployed = await world.enforcement.admit(MEMBER, demand(deployment="d1"))
+    deployed = await both.enforcement.admit(MEMBER, demand(deployment="d1"))
     assert deployed.headers == {}
-    await world.enforcement.admit(OPERATOR, demand())
-    assert world.metrics.outcomes == Counter(admitted=4, rate_limited=1, operator=1)
-    world.clock.advance(timedelta(seconds=40))
-    await world.enforcement.admit(MEMBER, demand())  # the window slid
+    await both.enforcement.admit(OPERATOR, demand())
+    assert both.metrics.outcomes == Counter(admitted=4, rate_limited=1, operator=1)
+    both.clock.advance(timedelta(seconds=40))
+    await both.enforcement.admit(MEMBER, demand())  # the window slid
 
 
 @pytest.mark.anyio
@@ -192,51 +242,51 @@ async def test_suspended_accounts_get_a_402_saying_what_lifts_it(
 
 
 @pytest.mark.anyio
-async def test_spend_cap_refuses_and_suspends_when_reached(world: World) -> None:
-    world.money.states["acme"] = SpendState("acme", "2026-03", 0, 1000, 0, True, False)
-    first = await world.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
+async def test_spend_cap_refuses_and_suspends_when_reached(both: World) -> None:
+    both.money.states["acme"] = SpendState("acme", "2026-03", 0, 1000, 0, True, False)
+    first = await both.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
     # Only the other request in flight makes this one not fit: refused, not suspended.
     with pytest.raises(PaymentRequired) as soft:
-        await world.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
+        await both.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
     assert soft.value.code == "monthly_spend_limit_exceeded"
-    assert world.suspension.reasons("acme") == ()
+    assert both.suspension.reasons("acme") == ()
     await first.settle(usage(prompt=100, completion=500))
     # Now the settled usage alone leaves no room for 600: suspended for the month.
     with pytest.raises(PaymentRequired):
-        await world.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
-    assert world.suspension.reasons("acme") == ("MONTHLY_SPEND_LIMIT_EXCEEDED",)
+        await both.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
+    assert both.suspension.reasons("acme") == ("MONTHLY_SPEND_LIMIT_EXCEEDED",)
     with pytest.raises(PaymentRequired) as after:
-        await world.enforcement.admit(MEMBER, demand(prompt=1, completion=1))
+        await both.enforcement.admit(MEMBER, demand(prompt=1, completion=1))
     assert after.value.code == "monthly_spend_limit_exceeded"
-    assert world.metrics.outcomes == Counter(admitted=1, spend_refused=2, suspended=1)
+    assert both.metrics.outcomes == Counter(admitted=1, spend_refused=2, suspended=1)
 
 
 @pytest.mark.anyio
-async def test_credits_depleted_without_a_payment_method(world: World) -> None:
-    world.money.states["acme"] = SpendState("acme", "2026-03", 0, 50_000_000, 500, False, False)
+async def test_credits_depleted_without_a_payment_method(both: World) -> None:
+    both.money.states["acme"] = SpendState("acme", "2026-03", 0, 50_000_000, 500, False, False)
     with pytest.raises(PaymentRequired) as refused:
-        await world.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
+        await both.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
     assert refused.value.code == "credit_depleted"
-    assert world.suspension.reasons("acme") == ("CREDIT_DEPLETED",)
+    assert both.suspension.reasons("acme") == ("CREDIT_DEPLETED",)
 
 
 @pytest.mark.anyio
-async def test_token_limits(world: World) -> None:
-    world.plans.set_account_limits(
+async def test_token_limits(both: World) -> None:
+    both.plans.set_account_limits(
         OPERATOR, "acme", prompt_tokens_per_minute=100, generated_tokens_per_minute=50
     )
-    ticket = await world.enforcement.admit(MEMBER, demand(prompt=60))
+    ticket = await both.enforcement.admit(MEMBER, demand(prompt=60))
     with pytest.raises(RateLimited) as prompt_refused:
-        await world.enforcement.admit(MEMBER, demand(prompt=60))
+        await both.enforcement.admit(MEMBER, demand(prompt=60))
     assert "100 prompt tokens per minute" in prompt_refused.value.message
     with pytest.raises(InvalidArgument):
-        await world.enforcement.admit(MEMBER, demand(prompt=101))
+        await both.enforcement.admit(MEMBER, demand(prompt=101))
     await ticket.settle(usage(prompt=60, completion=50))
     with pytest.raises(RateLimited) as generated_refused:
-        await world.enforcement.admit(MEMBER, demand(prompt=1))
+        await both.enforcement.admit(MEMBER, demand(prompt=1))
     assert "50 generated tokens per minute" in generated_refused.value.message
-    world.clock.advance(timedelta(seconds=60))
-    await world.enforcement.admit(MEMBER, demand(prompt=60))
+    both.clock.advance(timedelta(seconds=60))
+    await both.enforcement.admit(MEMBER, demand(prompt=60))
 
 
 def test_429_and_headers_through_a_real_route(world: World) -> None:
@@ -263,3 +313,119 @@ def test_429_and_headers_through_a_real_route(world: World) -> None:
     assert error["code"] == "rate_limit_exceeded"
     assert error["type"] == "rate_limit_error"
     assert "2 requests per minute" in error["message"]
+
+
+@pytest.mark.anyio
+async def test_a_refused_request_uses_up_none_of_the_rate_window(both: World) -> None:
+    both.plans.set_account_limits(OPERATOR, "acme", 5, prompt_tokens_per_minute=100)
+    both.money.states["acme"] = SpendState("acme", "2026-03", 0, 1000, 0, True, False)
+    held = await both.enforcement.admit(MEMBER, demand(prompt=50, completion=550))
+    with pytest.raises(PaymentRequired):  # the money does not fit: no request, no tokens
+        await both.enforcement.admit(MEMBER, demand(prompt=50, completion=550))
+    with pytest.raises(RateLimited):  # the prompt tokens do not fit: no request counted
+        await both.enforcement.admit(MEMBER, demand(prompt=60, completion=1))
+    assert await both.limiter.used("acme") == 1
+    assert await both.limiter.used("acme:prompt-tokens") == 50
+    assert reserved(both, "acme") == 600
+    await held.settle(None)
+    ticket = await both.enforcement.admit(MEMBER, demand(prompt=50, completion=550))
+    assert ticket.headers["x-ratelimit-remaining-requests"] == "3"
+    assert both.metrics.outcomes == Counter(admitted=2, spend_refused=1, rate_limited=1)
+
+
+@pytest.mark.anyio
+async def test_a_refusal_judged_on_a_stale_snapshot_does_not_suspend(world: World) -> None:
+    world.money.states["acme"] = SpendState("acme", "2026-03", 900, 1000, 0, True, False)
+    await (await world.enforcement.admit(MEMBER, demand(prompt=1, completion=1))).settle(None)
+    # The limit was raised, but the guard's snapshot (cached 2 s) still says 1000.
+    world.money.states["acme"] = SpendState("acme", "2026-03", 900, 10_000, 0, True, False)
+    with pytest.raises(PaymentRequired):
+        await world.enforcement.admit(MEMBER, demand(prompt=100, completion=100))
+    assert world.suspension.reasons("acme") == ()
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+@pytest.mark.skipif(not REDIS_URL, reason="FIREBOX_TEST_REDIS_URL is not set")
+async def test_redis_admission_is_one_round_trip(database: Database) -> None:
+    world = World(database, REDIS_URL)
+    assert isinstance(world.limiter, RedisRateLimiter)
+    assert isinstance(world.guard, RedisSpendGuard)
+    calls: Counter[str] = Counter()
+    for owner, name in (
+        (world.limiter, "_script"),
+        (world.guard, "_reserve"),
+        (world.guard, "_admit"),
+    ):
+        real = getattr(owner, name)
+
+        async def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            calls[_name] += 1
+            return await _real(*args, **kwargs)
+
+        setattr(owner, name, counted)
+    world.plans.set_account_limits(
+        OPERATOR, "acme", 600, prompt_tokens_per_minute=1000, generated_tokens_per_minute=500
+    )
+    try:
+        for _ in range(3):
+            ticket = await world.enforcement.admit(MEMBER, demand())
+        assert calls == Counter(_admit=3)
+        assert ticket.headers["x-ratelimit-remaining-requests"] == "597"
+        assert await world.limiter.used("acme:prompt-tokens") == 30
+    finally:
+        await world.limiter.aclose()
+        await world.guard.aclose()
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+@pytest.mark.skipif(not REDIS_URL, reason="FIREBOX_TEST_REDIS_URL is not set")
+async def test_redis_down_falls_back_per_replica_and_recovers(database: Database) -> None:
+    assert REDIS_URL is not None
+    target = redis.Redis.from_url(REDIS_URL).connection_pool.connection_kwargs
+    proxy = Proxy(target.get("host", "127.0.0.1"), int(target.get("port", 6379)))
+    url = f"redis://127.0.0.1:{proxy.port}/{int(target.get('db', 0))}"
+    world = World(database)
+    world.limiter = RedisRateLimiter(
+        url, world.clock, InProcessRateLimiter(world.clock), 4, key_prefix=world.prefix + "rate:"
+    )
+    world.guard = RedisSpendGuard(url, world.money, world.clock, key_prefix=world.prefix, retry_s=0)
+    enforcement = Enforcement(
+        world.plans, world.limiter, world.guard, world.suspension, world.money, world.clock
+    )
+    world.plans.set_account_limits(OPERATOR, "acme", 8)
+    try:
+        # Down: this replica enforces 8 // 4 = 2 in memory, and reserves in memory.
+        local = await enforcement.admit(MEMBER, demand())
+        assert isinstance(local, EnforcedTicket) and not local.reservation.shared
+        assert local.headers["x-ratelimit-limit-requests"] == "2"
+        await enforcement.admit(MEMBER, demand())
+        with pytest.raises(RateLimited):
+            await enforcement.admit(MEMBER, demand())
+        # The guard (retry_s=0) tried Redis on each reservation: the ADMIT call, then its own
+        # twice; the limiter, in its cool-down, answered all three checks from memory.
+        assert (world.limiter.fallback_checks, world.guard.fallbacks, world.limiter.outages) == (
+            3,
+            3,
+            1,
+        )
+        # Back up, after the limiter's cool-down: one shared call again.
+        await proxy.up()
+        world.clock.advance(timedelta(seconds=1))
+        shared = await enforcement.admit(MEMBER, demand())
+        assert isinstance(shared, EnforcedTicket) and shared.reservation.shared
+        assert shared.headers["x-ratelimit-limit-requests"] == "8"
+        assert shared.headers["x-ratelimit-remaining-requests"] == "7"
+        assert not world.limiter.degraded
+        await shared.settle(usage())
+        # (off the loop: the proxy runs on it, and ``committed`` blocks)
+        assert await asyncio.to_thread(world.guard.committed, "acme") == 50
+    finally:
+        await proxy.down()
+        await world.limiter.aclose()
+        await world.guard.aclose()
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(f"{world.prefix}*"):
+            client.delete(key)
+        client.close()

@@ -303,3 +303,18 @@ def test_idle_counters_are_forgotten(clock: FakeClock) -> None:
     clock.advance(timedelta(seconds=1))
     assert limiter.forget_idle() == 2
     assert limiter.check("c", 10, 0, mode=-1).used == 1
+
+
+@pytest.mark.anyio
+async def test_refund_takes_back_what_a_hit_counted(make: Make, clock: FakeClock) -> None:
+    limiter = make(clock)
+    second = int(clock.now().timestamp())
+    for _ in range(3):
+        assert (await limiter.hit("acme", 3)).allowed
+    await limiter.refund("acme", 1, second)
+    assert await limiter.used("acme") == 2
+    clock.advance(timedelta(seconds=1))
+    await limiter.refund("acme", 5, second + 1)  # nothing counted in that second
+    await limiter.refund("acme", 5, second)  # never below zero
+    assert await limiter.used("acme") == 0
+    assert (await limiter.hit("acme", 3)).used == 1

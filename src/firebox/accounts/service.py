@@ -52,6 +52,8 @@ class AccountListener(Protocol):
         self, principal: Principal, account_id: str, requests_per_minute: int | None
     ) -> None: ...
 
+    def plan_changed(self, account_id: str) -> None: ...
+
 
 class AccountService:
     """Creates, reads and updates accounts."""
@@ -147,6 +149,8 @@ class AccountService:
                 row.plan = body.plan.value
             row.update_time = self._clock.now()
             account = Account.of(row)
+        if body.plan is not None and self._listener is not None:
+            self._listener.plan_changed(account_id)
         if rate_limit_set and self._listener is not None:
             self._listener.rate_limit_changed(
                 principal, account_id, body.rate_limit_requests_per_minute

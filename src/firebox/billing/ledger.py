@@ -12,11 +12,19 @@ commit. Under those locks it:
    earliest-expiring grant first (no expiry last; ties by creation, then
    id), skipping grants expired at the record's time, never below zero;
 3. bulk-inserts the usage rows with ``credit_applied_micros`` already set
-   and the ``USE`` credit entries (``billing/bulk.py``: ``COPY`` on
-   PostgreSQL; a request id that still collides fails the transaction as
-   retryable ``ledger_conflict`` instead of being skipped, since the credit
-   allocation assumed it was written), and
-   updates each touched grant and each account's billing row once.
+   (``billing/bulk.py``: ``COPY`` on PostgreSQL; a request id that still
+   collides fails the transaction as retryable ``ledger_conflict`` instead
+   of being skipped, since the credit allocation assumed it was written),
+   writes ONE ``USE`` credit entry per grant drawn in the batch (the
+   per-record split is each usage row's ``credit_applied_micros``), and
+   updates each touched grant and each account's billing row once (one
+   statement each on PostgreSQL).
+
+A batch's ``USE`` entry for a grant has the reference
+``use:{grant id}:{sha256 of the sorted request ids that drew on it}``:
+deterministic, and unique because a request id is written only once, so
+no two committed batches draw on a grant with the same set of ids. A replay
+drops its known ids before allocating, so it writes no entry at all.
 
 A record of a newer month than the billing row's rolls the row's period
 (period usage restarts at that record); a record of an older month is
@@ -30,16 +38,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from firebox.accounts.models import AccountRow
-from firebox.billing.bulk import existing, insert_all
+from firebox.billing.bulk import draw_grants, existing, insert_all, move_accounts
 from firebox.billing.events import MoneyListener
 from firebox.billing.models import (
     BillingAccountRow,
@@ -55,20 +63,41 @@ from firebox.store.database import Database
 
 log = logging.getLogger(__name__)
 
-REFERENCE_MAX = 200
 USAGE = cast(Table, UsageRecordRow.__table__)
 ENTRIES = cast(Table, CreditEntryRow.__table__)
 GRANTS = cast(Table, CreditGrantRow.__table__)
 BILLING = cast(Table, BillingAccountRow.__table__)
+USAGE_COLUMNS = (
+    "request_id",
+    "account_id",
+    "time",
+    "period",
+    "kind",
+    "model",
+    "base_model",
+    "deployment",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "images",
+    "steps",
+    "gpu_type",
+    "gpu_milliseconds",
+    "training_tokens",
+    "price_version",
+    "unit_price_micros",
+    "cached_unit_price_micros",
+    "amount_micros",
+    "credit_applied_micros",
+    "outcome",
+)
+ENTRY_COLUMNS = ("account_id", "grant_id", "kind", "amount_micros", "reference", "time")
 
 
-def use_reference(request_id: str, grant_id: str) -> str:
-    """The idempotency key of the credit entry that ``request_id`` drew from ``grant_id``."""
-    reference = f"use:{request_id}:{grant_id}"
-    if len(reference) <= REFERENCE_MAX:
-        return reference
-    digest = hashlib.sha256(request_id.encode()).hexdigest()
-    return f"use:sha256:{digest}:{grant_id}"
+def use_reference(grant_id: str, request_ids: Sequence[str]) -> str:
+    """The idempotency key of the ``USE`` entry of the records ``request_ids`` on ``grant_id``."""
+    digest = hashlib.sha256("\n".join(sorted(request_ids)).encode()).hexdigest()
+    return f"use:{grant_id}:{digest}"
 
 
 @dataclass
@@ -77,6 +106,8 @@ class _Grant:
     remaining: int
     expire_time: datetime | None
     used: int = 0
+    request_ids: list[str] = field(default_factory=list)
+    last_time: datetime | None = None
 
 
 @dataclass
@@ -132,9 +163,10 @@ class Ledger:
             return 0, set()
         fresh.sort(key=lambda p: (p.record.account_id, p.record.time, p.record.request_id))
         before = {a: (s.usage, s.balance, s.period) for a, s in accounts.items()}
-        rows, entries = self._allocate(fresh, accounts)
-        insert_all(session, USAGE, rows, sqlite=self._db.is_sqlite)
-        insert_all(session, ENTRIES, entries, sqlite=self._db.is_sqlite)
+        rows = self._allocate(fresh, accounts)
+        insert_all(session, USAGE, USAGE_COLUMNS, rows, sqlite=self._db.is_sqlite)
+        entries = _use_entries(accounts)
+        insert_all(session, ENTRIES, ENTRY_COLUMNS, entries, sqlite=self._db.is_sqlite)
         self._write_balances(session, accounts)
         return len(rows), self._changed(accounts, before)
 
@@ -232,9 +264,8 @@ class Ledger:
 
     def _allocate(
         self, fresh: list[PricedUsage], accounts: dict[str, _Account]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        rows: list[dict[str, Any]] = []
-        entries: list[dict[str, Any]] = []
+    ) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
         for priced in fresh:
             record = priced.record
             state = accounts[record.account_id]
@@ -249,18 +280,10 @@ class Ledger:
                     continue
                 take = min(left, due)
                 grant.used += take
+                grant.request_ids.append(record.request_id)
+                grant.last_time = record.time  # records come in time order per account
                 due -= take
                 applied += take
-                entries.append(
-                    {
-                        "account_id": record.account_id,
-                        "grant_id": grant.id,
-                        "kind": "USE",
-                        "amount_micros": -take,
-                        "reference": use_reference(record.request_id, grant.id),
-                        "time": record.time,
-                    }
-                )
             state.balance -= applied
             state.applied += applied
             if priced.period > state.period:
@@ -268,50 +291,18 @@ class Ledger:
             elif priced.period == state.period:
                 state.usage += priced.amount_micros
             rows.append(_usage_row(priced, applied))
-        return rows, entries
+        return rows
 
     def _write_balances(self, session: Session, accounts: dict[str, _Account]) -> None:
-        grant_table = GRANTS
-        used = [
-            {"grant_key": g.id, "used": g.used}
-            for state in accounts.values()
-            for g in state.grants
-            if g.used
-        ]
-        if used:
-            session.execute(
-                update(grant_table)
-                .where(grant_table.c.id == bindparam("grant_key"))
-                .values(remaining_micros=grant_table.c.remaining_micros - bindparam("used")),
-                used,
-            )
-        account_table = BILLING
-        now = self._clock.now()
-        changed = [
-            {
-                "account_key": a,
-                "new_period": s.period,
-                "new_usage": s.usage,
-                "applied": s.applied,
-                "now": now,
-            }
+        """Move each drawn grant and each changed billing row once (bulk.py)."""
+        used = [(g.id, g.used) for s in accounts.values() for g in s.grants if g.used]
+        draw_grants(session, GRANTS, used, sqlite=self._db.is_sqlite)
+        changes = [
+            (a, s.period, s.usage, s.applied)
             for a, s in accounts.items()
             if s.applied or (s.period, s.usage) != (s.row.period, s.row.period_usage_micros)
         ]
-        if changed:
-            session.execute(
-                update(account_table)
-                .where(account_table.c.account_id == bindparam("account_key"))
-                .values(
-                    period=bindparam("new_period"),
-                    period_usage_micros=bindparam("new_usage"),
-                    # relative, like every other balance writer: ``x = x - applied``
-                    credit_balance_micros=account_table.c.credit_balance_micros
-                    - bindparam("applied"),
-                    update_time=bindparam("now"),
-                ),
-                changed,
-            )
+        move_accounts(session, BILLING, changes, self._clock.now(), sqlite=self._db.is_sqlite)
 
     def _changed(
         self, accounts: dict[str, _Account], before: dict[str, tuple[int, int, str]]
@@ -331,29 +322,47 @@ class Ledger:
         return notify
 
 
-def _usage_row(priced: PricedUsage, credit_applied: int) -> dict[str, Any]:
-    record = priced.record
-    return {
-        "request_id": record.request_id,
-        "account_id": record.account_id,
-        "time": record.time,
-        "period": priced.period,
-        "kind": record.kind,
-        "model": record.model,
-        "base_model": record.base_model,
-        "deployment": record.deployment,
-        "prompt_tokens": record.prompt_tokens,
-        "cached_prompt_tokens": record.cached_prompt_tokens,
-        "completion_tokens": record.completion_tokens,
-        "images": record.images,
-        "steps": record.steps,
-        "gpu_type": record.gpu_type,
-        "gpu_milliseconds": record.gpu_milliseconds,
-        "training_tokens": record.training_tokens,
-        "price_version": priced.price_version,
-        "unit_price_micros": priced.unit_price_micros,
-        "cached_unit_price_micros": priced.cached_unit_price_micros,
-        "amount_micros": priced.amount_micros,
-        "credit_applied_micros": credit_applied,
-        "outcome": record.outcome,
-    }
+def _use_entries(accounts: dict[str, _Account]) -> list[tuple[Any, ...]]:
+    """One ``USE`` entry per grant drawn in this batch (see the module docstring)."""
+    return [
+        (
+            account_id,
+            grant.id,
+            "USE",
+            -grant.used,
+            use_reference(grant.id, grant.request_ids),
+            grant.last_time,
+        )
+        for account_id, state in accounts.items()
+        for grant in state.grants
+        if grant.used
+    ]
+
+
+def _usage_row(priced: PricedUsage, credit_applied: int) -> tuple[Any, ...]:
+    """A usage row's values in ``USAGE_COLUMNS`` order."""
+    r = priced.record
+    return (
+        r.request_id,
+        r.account_id,
+        r.time,
+        priced.period,
+        r.kind,
+        r.model,
+        r.base_model,
+        r.deployment,
+        r.prompt_tokens,
+        r.cached_prompt_tokens,
+        r.completion_tokens,
+        r.images,
+        r.steps,
+        r.gpu_type,
+        r.gpu_milliseconds,
+        r.training_tokens,
+        priced.price_version,
+        priced.unit_price_micros,
+        priced.cached_unit_price_micros,
+        priced.amount_micros,
+        credit_applied,
+        r.outcome,
+    )

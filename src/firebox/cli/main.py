@@ -20,13 +20,13 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from firebox.cli.commands import accounts, api_keys, server, users
+from firebox.cli.commands import accounts, api_keys, billing, limits, server, users
 from firebox.cli.context import DEFAULT_BASE_URL, GlobalOptions
 from firebox.cli.errors import EXIT_CODES_HELP, CliError
 from firebox.cli.output import OutputFormat
 from firebox.cli.verbs import Verbs
 
-NOUNS = (accounts, users, api_keys)
+NOUNS = (accounts, users, api_keys, billing, limits)
 
 
 def root_options(
@@ -67,6 +67,7 @@ def build_app() -> typer.Typer:
     )
     app.callback()(root_options)
     server.register(app)
+    billing.register_root(app)
     verbs = Verbs.build()
     for noun in NOUNS:
         noun.register(verbs)

@@ -15,9 +15,13 @@ headers and settles the reservation once, to the priced usage.
 
 On the hot path nothing waits on the database: plan limits and suspension
 reasons come from per-replica caches (read in a worker thread on a miss),
-the in-process limiter and guard do no I/O, and with Redis each of the rate
-limit and the reservation is one Lua round trip (two calls: they live under
-different keys, and the guard falls back on its own when Redis is down).
+the in-process limiter and guard do no I/O, and when both live in the same
+Redis the rate checks and the reservation are one Lua round trip
+(``redis_scripts.ADMIT``), which counts the rate only if the money fits.
+When Redis is down (or the two use different backends) each is asked on
+its own and falls back on its own; what a refused request's passed checks
+counted is then taken back (``RateLimiter.refund``), so in every mode a
+refused request uses up nothing of the rate window.
 
 Token limits are an approximation: prompt tokens are counted at admission
 from the demand's upper bound (over-counting short prompts), generated
@@ -28,7 +32,7 @@ take the generated count past its limit; new ones are then refused.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from anyio import to_thread
 
@@ -41,16 +45,21 @@ from firebox.limits.hooks import Reason
 from firebox.limits.plans import AccountLimits, PlanLimits
 from firebox.limits.ports import MoneySource
 from firebox.limits.rate_limiter import (
+    RateCheck,
     RateDecision,
     RateLimiter,
+    RedisRateLimiter,
     generated_tokens_key,
     prompt_tokens_key,
     requests_key,
 )
+from firebox.limits.redis_spend_guard import RedisSpendGuard
 from firebox.limits.spend_guard import Refusal, Reservation, SpendGuard
 from firebox.limits.suspension import SuspensionService
 
 log = logging.getLogger(__name__)
+
+_GENERATED = "generated tokens"
 
 _CODES = {
     Reason.MONTHLY_SPEND_LIMIT_EXCEEDED: "monthly_spend_limit_exceeded",
@@ -129,6 +138,14 @@ class Enforcement:
         self._money = money
         self._clock = clock
         self._metrics = metrics
+        # Both in the same Redis: one ``ADMIT`` call checks the rate and reserves the money.
+        self._shared: tuple[RedisSpendGuard, RedisRateLimiter] | None = None
+        if (
+            isinstance(spend_guard, RedisSpendGuard)
+            and isinstance(rate_limiter, RedisRateLimiter)
+            and spend_guard.redis_url == rate_limiter.redis_url
+        ):
+            self._shared = (spend_guard, rate_limiter)
 
     async def admit(self, principal: Principal, demand: Demand) -> Ticket:
         if principal.is_operator:
@@ -144,54 +161,91 @@ class Enforcement:
         limits = self._plans.cached(account)
         if limits is None:
             limits = await to_thread.run_sync(self._plans.load, account)
-        headers: dict[str, str] = {}
-        if demand.deployment is None:
-            headers = await self._rate_limit(account, limits, demand)
-        held = await self._guard.reserve(account, self._money.worst_case_cost(demand))
+        checks = self._checks(account, limits, demand) if demand.deployment is None else []
+        worst = self._money.worst_case_cost(demand)
+        combined = None
+        if self._shared is not None:
+            guard, limiter = self._shared
+            combined = await guard.reserve_checked(account, worst, checks, limiter)
+        if combined is not None:
+            if combined.refused is not None:
+                self._refuse(account, checks[combined.refused], combined.decisions[0])
+            decisions, held = combined.decisions, combined.held
+        else:
+            decisions, held = await self._separately(account, worst, checks)
+        assert held is not None
         if isinstance(held, Refusal):
             self._count("spend_refused")
             if held.hard:
                 await self._suspend(account, held)
             raise spend_refused(account, held)
         self._count("admitted")
+        headers: dict[str, str] = {}
+        for check, decision in zip(checks, decisions, strict=True):
+            if check.what == "requests":
+                headers = decision.headers()
         tokens_key = generated_tokens_key(account) if limits.generated_tokens_per_minute else None
         return EnforcedTicket(self, held, headers, tokens_key)
 
-    async def _rate_limit(
-        self, account: str, limits: AccountLimits, demand: Demand
-    ) -> dict[str, str]:
-        """Check the per-minute limits of ``limits``; the headers of the answer."""
-        headers: dict[str, str] = {}
-        rpm = limits.requests_per_minute
-        if rpm is not None:
-            decision = await self._limiter.hit(requests_key(account), rpm)
-            if not decision.allowed:
-                self._count("rate_limited")
-                raise rate_limited(account, decision, "requests")
-            headers = decision.headers()
+    @staticmethod
+    def _checks(account: str, limits: AccountLimits, demand: Demand) -> list[RateCheck]:
+        """The per-minute counters ``limits`` sets for a serverless request, in check order."""
+        checks = []
+        if limits.requests_per_minute is not None:
+            checks.append(
+                RateCheck(requests_key(account), limits.requests_per_minute, 1, "requests")
+            )
         generated = limits.generated_tokens_per_minute
         if generated is not None:
             # Amount 0 under limit - 1: admitted iff fewer than ``generated`` are counted.
-            seen = await self._limiter.hit(generated_tokens_key(account), generated - 1, 0)
-            if not seen.allowed:
-                self._count("rate_limited")
-                shown = RateDecision(False, generated, seen.used, seen.reset_s, seen.retry_after_s)
-                raise rate_limited(account, shown, "generated tokens")
+            checks.append(RateCheck(generated_tokens_key(account), generated - 1, 0, _GENERATED))
         prompt = limits.prompt_tokens_per_minute
         if prompt is not None:
-            decision = await self._limiter.hit(
-                prompt_tokens_key(account), prompt, demand.prompt_tokens
-            )
+            key = prompt_tokens_key(account)
+            checks.append(RateCheck(key, prompt, demand.prompt_tokens, "prompt tokens"))
+        return checks
+
+    async def _separately(
+        self, account: str, worst: int, checks: list[RateCheck]
+    ) -> tuple[list[RateDecision], Reservation | Refusal]:
+        """The checks, then the reservation, one call each (backends apart, or Redis down).
+
+        What passed checks counted is taken back when a later check or the
+        spend refuses, so a refused request uses up none of the window.
+        """
+        second = int(self._clock.now().timestamp())
+        decisions: list[RateDecision] = []
+        for check in checks:
+            decision = await self._limiter.hit(check.key, check.limit, check.amount)
             if not decision.allowed:
-                self._count("rate_limited")
-                if decision.retry_after_s is None:
-                    raise InvalidArgument(
-                        f"This prompt may use up to {demand.prompt_tokens} tokens, more than "
-                        f"account {account!r} may send in a minute ({prompt}); shorten it.",
-                        code="prompt_exceeds_token_rate_limit",
-                    )
-                raise rate_limited(account, decision, "prompt tokens")
-        return headers
+                await self._refund(checks[: len(decisions)], second)
+                self._refuse(account, check, decision)
+            decisions.append(decision)
+        held = await self._guard.reserve(account, worst)
+        if isinstance(held, Refusal):
+            await self._refund(checks, second)
+        return decisions, held
+
+    async def _refund(self, checks: list[RateCheck], second: int) -> None:
+        for check in checks:
+            if check.amount > 0:
+                await self._limiter.refund(check.key, check.amount, second)
+
+    def _refuse(self, account: str, check: RateCheck, decision: RateDecision) -> NoReturn:
+        """Raise the 429 (or the 400 of a prompt that can never fit) for a refused check."""
+        self._count("rate_limited")
+        if check.what == _GENERATED:
+            shown = RateDecision(
+                False, check.limit + 1, decision.used, decision.reset_s, decision.retry_after_s
+            )
+            raise rate_limited(account, shown, check.what)
+        if check.what == "prompt tokens" and decision.retry_after_s is None:
+            raise InvalidArgument(
+                f"This prompt may use up to {check.amount} tokens, more than "
+                f"account {account!r} may send in a minute ({check.limit}); shorten it.",
+                code="prompt_exceeds_token_rate_limit",
+            )
+        raise rate_limited(account, decision, check.what)
 
     async def _suspend(self, account: str, refusal: Refusal) -> None:
         """Raise the refusal's reason as a suspension reason; a failure is only logged."""
@@ -199,7 +253,11 @@ class Enforcement:
         try:
             await to_thread.run_sync(
                 lambda: self._suspension.raise_reason(
-                    account, refusal.reason.value, detail, period=refusal.period
+                    account,
+                    refusal.reason.value,
+                    detail,
+                    period=refusal.period,
+                    cap_micros=refusal.limit_micros,
                 )
             )
         except Exception:

@@ -31,7 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from firebox.clock import Clock
-from firebox.limits.redis_scripts import SLIDING_WINDOW
+from firebox.limits.redis_scripts import REFUND, SLIDING_WINDOW
 
 log = logging.getLogger("firebox.limits.rate_limiter")
 
@@ -115,6 +115,19 @@ def decide(
     return RateDecision(mode == -1 or allowed, limit, total, reset, retry), add
 
 
+@dataclass(frozen=True, slots=True)
+class RateCheck:
+    """One counter admission checks: admit ``amount`` under ``limit`` on ``key``.
+
+    ``what`` names the unit in the 429 ("requests", "prompt tokens", ...).
+    """
+
+    key: str
+    limit: int
+    amount: int
+    what: str
+
+
 class RateLimiter(Protocol):
     """Sliding-window counters shared by every replica that uses the same backend."""
 
@@ -128,6 +141,10 @@ class RateLimiter(Protocol):
 
     async def used(self, key: str) -> int:
         """What is counted in the current window."""
+        ...
+
+    async def refund(self, key: str, amount: int, second: int) -> None:
+        """Take back ``amount`` a ``hit`` counted in unix ``second`` (its request was refused)."""
         ...
 
 
@@ -193,6 +210,17 @@ class InProcessRateLimiter:
     async def used(self, key: str) -> int:
         return self.check(key, 0, 0, mode=-1).used
 
+    async def refund(self, key: str, amount: int, second: int) -> None:
+        self.uncount(key, amount, second)
+
+    def uncount(self, key: str, amount: int, second: int) -> None:
+        """Take back ``amount`` counted in ``second`` (never below zero; gone buckets stay gone)."""
+        with self._lock:
+            ring = self._rings.get(key)
+            slot = second % WINDOW_S
+            if ring is not None and ring.stamps[slot] == second:
+                ring.counts[slot] = max(0, ring.counts[slot] - amount)
+
     def forget_idle(self) -> int:
         """Drop counters with nothing in the window; how many went."""
         with self._lock:
@@ -242,6 +270,8 @@ class RedisRateLimiter:
             retry=Retry(NoBackoff(), 1),
         )
         self._script = self._client.register_script(SLIDING_WINDOW)
+        self._refund = self._client.register_script(REFUND)
+        self.redis_url = redis_url
         self._clock = clock
         self._fallback = fallback
         self._replicas = max(1, replicas_hint)
@@ -278,36 +308,63 @@ class RedisRateLimiter:
             return self._fallback.check(key, 0, 0, mode=-1).used
         return answer.used
 
+    async def refund(self, key: str, amount: int, second: int) -> None:
+        now = self._clock.now()
+        if self.available(now):
+            try:
+                await self._refund(keys=[self.key(key)], args=[second, amount])
+            except _REDIS_DOWN as exc:
+                self.went_down(exc, now)
+            else:
+                self.reached()
+                return
+        self._fallback.uncount(key, amount, second)
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def _run(self, key: str, limit: int, amount: int, mode: int) -> RateDecision | None:
         """The script's decision, or ``None`` when Redis is (still) unreachable."""
         now = self._clock.now()
-        if self._down_until is not None and now < self._down_until:
+        if not self.available(now):
             return None
-        second = int(now.timestamp())
-        args = [second, limit, amount, WINDOW_S, KEY_TTL_S, mode]
+        args = [int(now.timestamp()), limit, amount, WINDOW_S, KEY_TTL_S, mode]
         try:
-            raw = await self._script(keys=[self._prefix + key], args=args)
+            raw = await self._script(keys=[self.key(key)], args=args)
         except _REDIS_DOWN as exc:
-            if self._down_until is None:
-                self.outages += 1
-                log.warning(
-                    "Redis is unreachable for rate limiting (%s); each replica now enforces "
-                    "1/%d of every limit in memory until it is back.",
-                    exc,
-                    self._replicas,
-                )
-            self._down_until = now + self._cooldown
+            self.went_down(exc, now)
             return None
-        if self._down_until is not None:
-            log.warning("Redis is reachable again: rate limits are shared across replicas.")
-            self._down_until = None
+        self.reached()
         allowed, used, reset, retry = (int(x) for x in raw)
         return RateDecision(
             allowed == 1 or mode == -1, limit, used, reset, None if retry < 0 else retry
         )
+
+    def key(self, key: str) -> str:
+        """The Redis key of counter ``key``."""
+        return self._prefix + key
+
+    def available(self, now: datetime) -> bool:
+        """Whether to try Redis at ``now`` (not within the cool-down of a failure)."""
+        return self._down_until is None or now >= self._down_until
+
+    def went_down(self, exc: BaseException, now: datetime) -> None:
+        """Record a failed call: warn once per outage, answer from memory for the cool-down."""
+        if self._down_until is None:
+            self.outages += 1
+            log.warning(
+                "Redis is unreachable for rate limiting (%s); each replica now enforces "
+                "1/%d of every limit in memory until it is back.",
+                exc,
+                self._replicas,
+            )
+        self._down_until = now + self._cooldown
+
+    def reached(self) -> None:
+        """Record a successful call (ends an outage)."""
+        if self._down_until is not None:
+            log.warning("Redis is reachable again: rate limits are shared across replicas.")
+            self._down_until = None
 
     def _fell_back(self) -> None:
         self.fallback_checks += 1

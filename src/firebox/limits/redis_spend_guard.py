@@ -15,6 +15,10 @@ forgotten by such a restart, so for that short window a month may overshoot
 its cap by what was in flight; it never does while Redis is up. On a snapshot
 refresh ``committed`` is also raised to the ledger's figure if that is higher.
 
+``reserve_checked`` is admission's single round trip when the rate limiter
+shares this Redis: ``redis_scripts.ADMIT`` checks the rate counters, reserves,
+and counts the rate only if the reservation was made.
+
 When Redis fails, the guard falls back to a per-replica
 ``InProcessSpendGuard`` (counted in ``fallbacks``) and tries Redis again
 after ``retry_s``; the cap then holds per replica, not across them.
@@ -25,14 +29,29 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from firebox.clock import Clock
-from firebox.limits.ports import MoneySource
+from firebox.limits.hooks import Reason
+from firebox.limits.ports import MoneySource, SpendState
+from firebox.limits.rate_limiter import (
+    KEY_TTL_S as RATE_KEY_TTL_S,
+)
+from firebox.limits.rate_limiter import (
+    WINDOW_S,
+    RateCheck,
+    RateDecision,
+    RedisRateLimiter,
+)
+from firebox.limits.redis_scripts import ADMIT, RESERVE
 from firebox.limits.spend_guard import (
     DEFAULT_TTL,
     InProcessSpendGuard,
@@ -52,41 +71,6 @@ _SEED = """
 redis.call('HSETNX', KEYS[1], 'committed', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'reserved', '0')
 """
-
-# ARGV: ledger, resync(0/1), worst, cap (-1 = none), now_ms, expiry_ms, id, key_ttl_s
-RESERVE = (
-    _SEED
-    + """
-local h, z = KEYS[1], KEYS[2]
-local worst = tonumber(ARGV[3])
-local cap = tonumber(ARGV[4])
-if ARGV[2] == '1' and tonumber(ARGV[1]) > tonumber(redis.call('HGET', h, 'committed')) then
-  redis.call('HSET', h, 'committed', ARGV[1])
-end
-local gone = redis.call('ZRANGEBYSCORE', z, '-inf', ARGV[5])
-if #gone > 0 then
-  for _, rid in ipairs(gone) do
-    local m = redis.call('HGET', h, 'r:' .. rid)
-    if m then
-      redis.call('HDEL', h, 'r:' .. rid)
-      redis.call('HINCRBY', h, 'reserved', '-' .. m)
-    end
-  end
-  redis.call('ZREMRANGEBYSCORE', z, '-inf', ARGV[5])
-end
-local committed = tonumber(redis.call('HGET', h, 'committed'))
-local reserved = tonumber(redis.call('HGET', h, 'reserved'))
-if cap >= 0 and committed + reserved + worst > cap then
-  return {0, committed, reserved, #gone}
-end
-redis.call('HINCRBY', h, 'reserved', ARGV[3])
-redis.call('HSET', h, 'r:' .. ARGV[7], ARGV[3])
-redis.call('ZADD', z, ARGV[6], ARGV[7])
-redis.call('EXPIRE', h, ARGV[8])
-redis.call('EXPIRE', z, ARGV[8])
-return {1, committed, reserved + worst, #gone}
-"""
-)
 
 # ARGV: ledger, id, actual, key_ttl_s
 SETTLE = (
@@ -120,6 +104,22 @@ return 0
 _FAILURES = (RedisError, OSError)
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """The answer of ``reserve_checked``: rate decisions and the spend's.
+
+    ``refused`` is the index of the first check that refused (then ``decisions``
+    holds only its decision, ``held`` is None, and nothing was counted nor
+    reserved); otherwise ``held`` is the spend's answer and ``decisions`` has
+    one decision per check when it is a ``Reservation`` (none when refused:
+    then nothing was counted).
+    """
+
+    decisions: list[RateDecision]
+    refused: int | None
+    held: Reservation | Refusal | None
+
+
 class RedisSpendGuard:
     """Spend reservations in Redis, atomic across replicas; see the module docstring."""
 
@@ -142,13 +142,17 @@ class RedisSpendGuard:
         self._fallback = fallback or InProcessSpendGuard(
             money, clock, ttl=ttl, snapshots=self._snapshots
         )
+        # One pooled connection serves a process (calls are one round trip each);
+        # a closed one is retried once at once, never with a backoff.
         self._client = aioredis.Redis.from_url(
-            redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+            redis_url, socket_timeout=1.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 1)
         )
         self._sync = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._reserve = self._client.register_script(RESERVE)
         self._settle = self._client.register_script(SETTLE)
         self._release = self._client.register_script(RELEASE)
+        self._admit = self._client.register_script(ADMIT)
+        self.redis_url = redis_url
         self._down_until = 0.0
         self.fallbacks = 0  # Redis failures that sent calls to the per-replica fallback
         self.expired = 0  # leaked reservations dropped after their TTL
@@ -168,9 +172,77 @@ class RedisSpendGuard:
         period = period_of(now)
         cap, reason = spend_cap(state, period)
         reservation_id = uuid.uuid4().hex
+        args = self._reserve_args(state, refreshed, worst_micros, cap, now, reservation_id)
+        try:
+            answer = await self._reserve(keys=list(self.keys(account_id, period)), args=args)
+        except _FAILURES as exc:
+            self._went_down(exc)
+            return await self._fallback.reserve(account_id, worst_micros)
+        return self._held(account_id, period, worst_micros, cap, reason, reservation_id, answer)
+
+    async def reserve_checked(
+        self,
+        account_id: str,
+        worst_micros: int,
+        checks: Sequence[RateCheck],
+        limiter: RedisRateLimiter,
+    ) -> Admitted | None:
+        """``checks`` on ``limiter``'s counters and the reservation, in one ``ADMIT`` call.
+
+        The counters are written only when every check passes and the money
+        fits (atomically, in Redis). ``None`` when Redis is unreachable for
+        either (the caller then asks each on its own, which fall back).
+        """
+        if worst_micros < 0:
+            raise ValueError("a worst-case cost cannot be negative")
+        if self._is_down() or not limiter.available(self._clock.now()):
+            return None
+        state, refreshed = await self._snapshots.get(account_id)
+        now = self._clock.now()
+        period = period_of(now)
+        cap, reason = spend_cap(state, period)
+        reservation_id = uuid.uuid4().hex
+        args = self._reserve_args(state, refreshed, worst_micros, cap, now, reservation_id)
+        args += [int(now.timestamp()), WINDOW_S, RATE_KEY_TTL_S]
+        for check in checks:
+            args += [check.limit, check.amount]
+        keys = [*self.keys(account_id, period), *(limiter.key(c.key) for c in checks)]
+        try:
+            raw = await self._admit(keys=keys, args=args)
+        except _FAILURES as exc:
+            self._went_down(exc)
+            limiter.went_down(exc, now)
+            return None
+        limiter.reached()
+        values = [int(x) for x in raw]
+        if values[0] == 0:
+            index, used, reset, retry = values[1:5]
+            check = checks[index - 1]
+            refused = RateDecision(False, check.limit, used, reset, None if retry < 0 else retry)
+            return Admitted([refused], index - 1, None)
+        spend = values[1:5]
+        held = self._held(account_id, period, worst_micros, cap, reason, reservation_id, spend)
+        if isinstance(held, Refusal):  # nothing was counted
+            return Admitted([], None, held)
+        decisions = [
+            RateDecision(True, check.limit, *values[5 + 3 * i : 8 + 3 * i])
+            for i, check in enumerate(checks)
+        ]
+        return Admitted(decisions, None, held)
+
+    def _reserve_args(
+        self,
+        state: SpendState,
+        refreshed: bool,
+        worst_micros: int,
+        cap: int | None,
+        now: datetime,
+        reservation_id: str,
+    ) -> list[str | int]:
+        """ARGV[1..8] of ``RESERVE`` and ``ADMIT``."""
         now_ms = int(now.timestamp() * 1000)
-        args: list[str | int] = [
-            ledger_usage(state, period),
+        return [
+            ledger_usage(state, period_of(now)),
             1 if refreshed else 0,
             worst_micros,
             -1 if cap is None else cap,
@@ -179,20 +251,26 @@ class RedisSpendGuard:
             reservation_id,
             KEY_TTL_S,
         ]
-        try:
-            admitted, committed, reserved, expired = await self._reserve(
-                keys=list(self.keys(account_id, period)), args=args
-            )
-        except _FAILURES as exc:
-            self._went_down(exc)
-            return await self._fallback.reserve(account_id, worst_micros)
+
+    def _held(
+        self,
+        account_id: str,
+        period: str,
+        worst_micros: int,
+        cap: int | None,
+        reason: Reason,
+        reservation_id: str,
+        answer: Sequence[int | bytes],
+    ) -> Reservation | Refusal:
+        """The reservation, or the refusal, that a ``reserve_spend`` answer says."""
+        admitted, committed, reserved, expired = (int(x) for x in answer)
         if expired:
-            self.expired += int(expired)
+            self.expired += expired
             log.warning("%d reservation(s) of %s expired unsettled", expired, account_id)
         if not admitted:
             assert cap is not None
-            hard = int(committed) + worst_micros > cap
-            return Refusal(reason, cap, int(committed) + int(reserved), hard, period)
+            hard = committed + worst_micros > cap
+            return Refusal(reason, cap, committed + reserved, hard, period)
         return Reservation(reservation_id, account_id, period, worst_micros, shared=True)
 
     async def settle(self, reservation: Reservation, actual_micros: int) -> Refusal | None:

@@ -66,8 +66,7 @@ class Metrics:
         self._admission_children: dict[str, Counter] = {}
         self.limits_redis_fallbacks = Counter(
             "firebox_limits_redis_fallbacks",
-            "Rate-limit checks answered from this replica's share because Redis was "
-            "unreachable.",
+            "Rate-limit checks answered from this replica's share because Redis was unreachable.",
             registry=self.registry,
         )
         self.ledger_queue_depth = Gauge(

@@ -1,0 +1,266 @@
+"""Admission cost: rate-limit checks and full ``Enforcement`` admissions per second, and latency.
+
+For each backend (in-process counters; Redis on loopback) and 1 or 4
+processes, every process runs its own limiter / Enforcement (as gateway
+replicas do; with Redis they share the counters) and calls it in a tight
+loop for ``--seconds``:
+
+- ``rate check``: ``RateLimiter.hit`` alone (Redis: one Lua call);
+- ``admit``: ``Enforcement.admit`` (suspension and plan caches, rate limit,
+  spend reservation; Redis: one Lua call, ``ADMIT``), then ``settle`` (timed apart).
+
+Latency is per call (perf_counter_ns), p50 / p99 over every call of every
+process. Prints a table and records it under "## Limits" in
+docs/benchmarks.md (replacing the previous record of this script).
+
+    .venv/bin/python bench/limits.py --redis redis://127.0.0.1:6379/0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from array import array
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from firebox.accounts.models import AccountRow  # noqa: E402
+from firebox.accounts.principal import Principal  # noqa: E402
+from firebox.accounts.roles import Role  # noqa: E402
+from firebox.clock import SystemClock  # noqa: E402
+from firebox.inference.admission import Demand  # noqa: E402
+from firebox.inference.metering import UsageRecord  # noqa: E402
+from firebox.limits.admission import Enforcement  # noqa: E402
+from firebox.limits.hooks import SuspensionHooks  # noqa: E402
+from firebox.limits.models import AccountLimitsRow  # noqa: E402
+from firebox.limits.plans import PlanLimits  # noqa: E402
+from firebox.limits.ports import SpendState  # noqa: E402
+from firebox.limits.rate_limiter import (  # noqa: E402
+    InProcessRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+)
+from firebox.limits.redis_spend_guard import RedisSpendGuard  # noqa: E402
+from firebox.limits.spend_guard import InProcessSpendGuard, SpendGuard  # noqa: E402
+from firebox.limits.suspension import SuspensionService  # noqa: E402
+from firebox.store import migrate  # noqa: E402
+from firebox.store.database import Database  # noqa: E402
+
+ACCOUNTS = [f"bench-{i}" for i in range(16)]
+LIMIT = 10**12  # never refuses: we measure the check, not refusals
+HEADING = "## Limits"
+BEGIN, END = "<!-- limits:run -->", "<!-- /limits:run -->"
+
+
+class Money:
+    """Unlimited spend, 1 micro-USD per token."""
+
+    def spend_state(self, account_id: str) -> SpendState:
+        return SpendState(account_id, datetime.now(UTC).strftime("%Y-%m"), 0, None, 0, True, False)
+
+    def cost(self, usage: UsageRecord) -> int:
+        return usage.prompt_tokens + usage.completion_tokens
+
+    def worst_case_cost(self, demand: Demand) -> int:
+        return demand.prompt_tokens + demand.completion_tokens
+
+
+def _limiter(redis_url: str | None, clock: SystemClock, prefix: str) -> RateLimiter:
+    if redis_url is None:
+        return InProcessRateLimiter(clock)
+    return RedisRateLimiter(redis_url, clock, InProcessRateLimiter(clock), 1, key_prefix=prefix)
+
+
+async def _run(what: str, redis_url: str | None, db_url: str, seconds: float) -> dict[str, bytes]:
+    clock = SystemClock()
+    prefix = f"bench:{os.getpid()}:" if what == "none" else "bench:"
+    limiter = _limiter(redis_url, clock, prefix + "rate:")
+    times: dict[str, array[int]] = {"call": array("q"), "settle": array("q")}
+    deadline = time.perf_counter() + seconds
+    n = 0
+    if what == "rate check":
+        while time.perf_counter() < deadline:
+            start = time.perf_counter_ns()
+            await limiter.hit(ACCOUNTS[n % len(ACCOUNTS)], LIMIT)
+            times["call"].append(time.perf_counter_ns() - start)
+            n += 1
+    else:
+        db = Database(db_url)
+        money = Money()
+        guard: SpendGuard = (
+            RedisSpendGuard(redis_url, money, clock, key_prefix=prefix)
+            if redis_url
+            else InProcessSpendGuard(money, clock)
+        )
+        enforcement = Enforcement(
+            PlanLimits(db, clock),
+            limiter,
+            guard,
+            SuspensionService(db, clock, money, SuspensionHooks()),
+            money,
+            clock,
+        )
+        while time.perf_counter() < deadline:
+            account = ACCOUNTS[n % len(ACCOUNTS)]
+            principal = Principal(account, "u", 1, Role.USER, "k", "h")
+            demand = Demand(f"r{n}", account, "chat", "m", "m", None, None, 10, 100)
+            start = time.perf_counter_ns()
+            ticket = await enforcement.admit(principal, demand)
+            mid = time.perf_counter_ns()
+            await ticket.settle(
+                UsageRecord(f"r{n}", account, "m", "m", "chat", clock.now(), 10, 50)
+            )
+            times["call"].append(mid - start)
+            times["settle"].append(time.perf_counter_ns() - mid)
+            n += 1
+        db.dispose()
+    return {k: v.tobytes() for k, v in times.items()}
+
+
+def _worker(what: str, redis_url: str | None, db_url: str, seconds: float, out: mp.Queue) -> None:
+    try:
+        out.put(asyncio.run(_run(what, redis_url, db_url, seconds)))
+    except BaseException as exc:
+        out.put({"error": repr(exc).encode()})
+        raise
+
+
+def _pct(sorted_ns: array[int], q: float) -> float:
+    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000
+
+
+def measure(what: str, redis_url: str | None, db_url: str, procs: int, seconds: float) -> list[str]:
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    workers = [
+        ctx.Process(target=_worker, args=(what, redis_url, db_url, seconds, out))
+        for _ in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=seconds + 120) for _ in workers]
+    for w in workers:
+        w.join()
+    for r in results:
+        if "error" in r:
+            raise SystemExit(f"a worker failed: {r['error'].decode()}")
+    rows = []
+    backend = "redis" if redis_url else "in-process"
+    for key, label in (("call", what), ("settle", "settle")):
+        merged: array[int] = array("q")
+        for r in results:
+            merged.frombytes(r[key])
+        if not merged:
+            continue
+        ordered = array("q", sorted(merged))
+        rate = len(ordered) / seconds
+        rows.append(
+            f"| {backend} | {procs} | {label} | {rate:,.0f} | "
+            f"{_pct(ordered, 0.5):.1f} | {_pct(ordered, 0.99):.1f} |"
+        )
+    return rows
+
+
+def _database(path: Path) -> str:
+    url = f"sqlite:///{path}"
+    db = Database(url)
+    migrate.upgrade(db)
+    now = datetime.now(UTC)
+    with db.transaction() as session:
+        for account in ACCOUNTS:
+            session.add(AccountRow(id=account, plan="BUSINESS", create_time=now, update_time=now))
+            session.flush()
+            session.add(
+                AccountLimitsRow(account_id=account, requests_per_minute=10**9, update_time=now)
+            )
+    db.dispose()
+    return url
+
+
+def _clean(redis_url: str) -> None:
+    """Delete the counters the run left in Redis."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter("bench:*"):
+        client.delete(key)
+    client.close()
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = os.cpu_count()
+    return f"{cpu}, {cores} cores (shared with other work), Python {platform.python_version()}"
+
+
+def record(doc: Path, block: str) -> None:
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    wrapped = f"{BEGIN}\n{block}\n{END}"
+    if BEGIN in text:
+        text = re.sub(
+            re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: wrapped, text, flags=re.S
+        )
+    elif HEADING in text:
+        text = text.replace(HEADING, f"{HEADING}\n\n{wrapped}", 1)
+    else:
+        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{wrapped}\n"
+    doc.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--redis", default=os.environ.get("FIREBOX_TEST_REDIS_URL"))
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    backends: list[str | None] = [None] + ([args.redis] if args.redis else [])
+    started = time.time()
+    rows: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        db_url = _database(Path(tmp) / "bench.db")
+        for redis_url in backends:
+            for procs in (1, 4):
+                for what in ("rate check", "admit"):
+                    rows += measure(what, redis_url, db_url, procs, args.seconds)
+                    print(rows[-1] if what == "rate check" else "\n".join(rows[-2:]), flush=True)
+    command = ".venv/bin/python bench/limits.py" + (f" --redis {args.redis}" if args.redis else "")
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    block = "\n".join(
+        [
+            f"### Latest run ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
+            "",
+            f"- Machine: {_machine()}; load average after: {load}",
+            f"- Command: `{command}`",
+            f"- {args.seconds:g} s per cell, every call timed; took {time.time() - started:.0f} s",
+            "",
+            "| backend | processes | call | calls/s (all processes) | p50 µs | p99 µs |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    print(block)
+    if args.redis:
+        _clean(args.redis)
+    if not args.no_record:
+        record(ROOT / "docs" / "benchmarks.md", block)
+
+
+if __name__ == "__main__":
+    main()
