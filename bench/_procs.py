@@ -12,11 +12,31 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+
+class TimeLimitReached(Exception):
+    """Raised by the alarm when a benchmark runs past its time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise ``TimeLimitReached`` in the main thread after ``seconds``."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeLimitReached(f"the benchmark ran past its time limit ({seconds:.0f} s)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(max(1, round(seconds)))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def free_port() -> int:

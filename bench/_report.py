@@ -1,9 +1,12 @@
 """The gateway-overhead results: figures per cell, the console table, the Markdown record.
 
 A cell is one (stream, concurrency); each holds one ``Figures`` per target.
-``docs/benchmarks.md`` keeps, under ``## Gateway overhead``, the latest full
-run and the latest quick run between comment markers; the notes between the
-``notes`` markers (written by hand) are kept as they are.
+The targets are the upstream, up to three Firebox variants (enforcement off;
+on with in-process counters; on with Redis and PostgreSQL), optionally
+Firebox at a baseline revision, and LiteLLM. ``docs/benchmarks.md`` keeps,
+under ``## Gateway overhead``, the latest full run and the latest quick run
+between comment markers; the ``history`` and ``notes`` blocks (written by
+hand) are kept as they are.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-DIRECT, FIREBOX, BASELINE, LITELLM = "upstream", "firebox", "baseline", "litellm"
-ORDER = (DIRECT, FIREBOX, BASELINE, LITELLM)
+DIRECT, BASELINE, LITELLM = "upstream", "baseline", "litellm"
+FIREBOX_OFF, FIREBOX, FIREBOX_REDIS = "firebox-off", "firebox", "firebox-redis"
+FIREBOXES = (FIREBOX_OFF, FIREBOX, FIREBOX_REDIS)
+ORDER = (DIRECT, *FIREBOXES, BASELINE, LITELLM)
+SHORT = {FIREBOX_OFF: "off", FIREBOX: "in-process", FIREBOX_REDIS: "Redis+PG"}
+BLOCKS = ("full", "quick", "history", "notes")
 HEADING = "## Gateway overhead"
 ADDED_P50_TARGET_MS = 1.0
 RPS_RATIO_TARGET = 5.0
@@ -84,27 +91,39 @@ class Run:
         present = {t for c in self.cells for t in c.targets}
         return [t for t in ORDER if t in present]
 
+    def fireboxes(self) -> list[str]:
+        """The Firebox variants in this run, in ``FIREBOXES`` order."""
+        return [t for t in self.targets() if t in FIREBOXES]
+
+    def enforced(self) -> bool:
+        return any(t in (FIREBOX, FIREBOX_REDIS) for t in self.targets())
+
+    def errors_by_target(self) -> dict[str, int]:
+        """Failed requests (non-2xx, socket errors, timeouts) per target, all cells."""
+        return {t: sum(c.targets[t].errors for c in self.cells) for t in self.targets()}
+
     def ratio_columns(self) -> list[tuple[str, Callable[[Cell], str]]]:
         """(heading, cell -> text) for each ratio this run can show."""
-        lab, present = {FIREBOX: "Firebox", BASELINE: "baseline"} | self.labels, set(self.targets())
-        columns = [
-            (f"{lab[FIREBOX]}/upstream req/s", lambda c: _num(c.rps_ratio(FIREBOX, DIRECT))),
-        ]
-        if LITELLM in present:
-            columns += [
-                (f"{lab[FIREBOX]}/LiteLLM req/s", lambda c: _x(c.rps_ratio(FIREBOX, LITELLM))),
-                (
-                    f"LiteLLM/{lab[FIREBOX]} added p50",
-                    lambda c: _x(c.added_ratio(LITELLM, FIREBOX)),
-                ),
-            ]
-        if BASELINE in present:
-            columns.append(
-                (
-                    f"{lab[FIREBOX]}/{lab[BASELINE]} req/s",
-                    lambda c: _x(c.rps_ratio(FIREBOX, BASELINE)),
-                )
-            )
+        present, fireboxes = set(self.targets()), self.fireboxes()
+        columns: list[tuple[str, Callable[[Cell], str]]] = []
+
+        def rps(over: str, under: str) -> Callable[[Cell], str]:
+            return lambda c: _x(c.rps_ratio(over, under))
+
+        def added(over: str, under: str) -> Callable[[Cell], str]:
+            return lambda c: _x(c.added_ratio(over, under))
+
+        for t in fireboxes if LITELLM in present else []:
+            columns.append((f"{SHORT[t]}/LiteLLM req/s", rps(t, LITELLM)))
+        for t in fireboxes if LITELLM in present else []:
+            columns.append((f"LiteLLM/{SHORT[t]} added p50", added(LITELLM, t)))
+        for t in fireboxes if FIREBOX_OFF in present else []:
+            if t != FIREBOX_OFF:
+                columns.append((f"{SHORT[t]}/off req/s", rps(t, FIREBOX_OFF)))
+        if BASELINE in present and fireboxes:
+            main = FIREBOX if FIREBOX in present else fireboxes[0]
+            label = self.labels[BASELINE]
+            columns.append((f"{SHORT[main]}/{label} req/s", rps(main, BASELINE)))
         return columns
 
 
@@ -127,7 +146,7 @@ def _mode(stream: bool) -> str:
 def print_table(run: Run, console: Console | None = None) -> None:
     """The figures and the ratios as two compact Rich tables, then the reading."""
     if console is None:  # piped into a file or a log: wide enough for the ratio headings
-        console = Console() if sys.stdout.isatty() else Console(width=130)
+        console = Console() if sys.stdout.isatty() else Console(width=200)
     figures = Table(title="requests/s and latency (ms)", title_justify="left")
     for column in ("mode", "c", "target", "req/s", "p50", "p99", "added p50", "errors"):
         figures.add_column(column, justify="left" if column in ("mode", "target") else "right")
@@ -157,69 +176,84 @@ def print_table(run: Run, console: Console | None = None) -> None:
     console.print(reading(run))
 
 
-def reading(run: Run) -> str:
-    """The verdict on the two targets, in words, from the figures."""
-    parts: list[str] = []
-    c1 = [c for c in run.cells if c.concurrency == 1 and c.added_p50(FIREBOX) is not None]
+def _verdict(run: Run, target: str) -> str:
+    """One Firebox variant against the two targets."""
+    label, parts = run.labels[target], []
+    c1 = [c for c in run.cells if c.concurrency == 1 and c.added_p50(target) is not None]
     if c1:
-        added = ", ".join(f"{_ms(c.added_p50(FIREBOX))} ms {_mode(c.stream)}" for c in c1)
-        met = all((c.added_p50(FIREBOX) or 0) <= ADDED_P50_TARGET_MS for c in c1)
+        added = ", ".join(f"{_ms(c.added_p50(target))} ms {_mode(c.stream)}" for c in c1)
+        met = all((c.added_p50(target) or 0) <= ADDED_P50_TARGET_MS for c in c1)
         parts.append(
-            f"Firebox's added p50 at concurrency 1 is {added} "
+            f"adds {added} to the p50 at concurrency 1 "
             f"(target ≤ {ADDED_P50_TARGET_MS:g} ms: {'met' if met else 'missed'})"
         )
-        lite = [c for c in c1 if c.added_p50(LITELLM) is not None]
-        if lite:
-            parts.append(
-                "LiteLLM adds "
-                + ", ".join(f"{_ms(c.added_p50(LITELLM))} ms {_mode(c.stream)}" for c in lite)
-            )
     top = max((c.concurrency for c in run.cells), default=0)
     heavy = [c for c in run.cells if c.concurrency == top and LITELLM in c.targets]
     if heavy:
-        ratios = [c.rps_ratio(FIREBOX, LITELLM) for c in heavy]
+        ratios = [c.rps_ratio(target, LITELLM) for c in heavy]
         text = ", ".join(f"{_x(r)} {_mode(c.stream)}" for r, c in zip(ratios, heavy, strict=True))
-        verdict = (
-            "met" if all(r is not None and r >= RPS_RATIO_TARGET for r in ratios) else "missed"
-        )
+        ok = all(r is not None and r >= RPS_RATIO_TARGET for r in ratios)
         parts.append(
-            f"at concurrency {top} Firebox serves {text} LiteLLM's requests/s "
-            f"(target ≥ {RPS_RATIO_TARGET:g}x: {verdict})"
+            f"serves {text} LiteLLM's requests/s at concurrency {top} "
+            f"(target ≥ {RPS_RATIO_TARGET:g}x: {'met' if ok else 'missed'})"
         )
-        if any(r is None for r in ratios):
-            parts.append("LiteLLM completed no request in a measurement there: run longer")
-    base = [c for c in run.cells if c.rps_ratio(FIREBOX, BASELINE) is not None]
-    if base:
-        low = min(c.rps_ratio(FIREBOX, BASELINE) or 0 for c in base)
-        high = max(c.rps_ratio(FIREBOX, BASELINE) or 0 for c in base)
+    return f"{label} " + " and ".join(parts) if parts else ""
+
+
+def reading(run: Run) -> str:
+    """The verdict on the two targets per Firebox variant, in words, from the figures."""
+    parts = [v for v in (_verdict(run, t) for t in run.fireboxes()) if v]
+    c1 = [c for c in run.cells if c.concurrency == 1 and c.added_p50(LITELLM) is not None]
+    if c1:
         parts.append(
-            f"this tree serves {low:.2f}x to {high:.2f}x the requests/s of {run.labels[BASELINE]}"
+            "LiteLLM adds "
+            + ", ".join(f"{_ms(c.added_p50(LITELLM))} ms {_mode(c.stream)}" for c in c1)
+            + " at concurrency 1"
         )
-    errors = sum(f.errors for c in run.cells for f in c.targets.values())
-    if errors:
-        parts.append(f"{errors} requests failed (see the errors column)")
+    top = max((c.concurrency for c in run.cells), default=0)
+    heavy = [c for c in run.cells if c.concurrency == top and LITELLM in c.targets]
+    if any(c.targets[LITELLM].rps == 0 for c in heavy):
+        parts.append("LiteLLM completed no request in a measurement there: run longer")
+    if FIREBOX_OFF in run.targets():
+        for t in (FIREBOX, FIREBOX_REDIS):
+            ratios = [r for c in run.cells if (r := c.rps_ratio(t, FIREBOX_OFF)) is not None]
+            if ratios:
+                parts.append(
+                    f"{run.labels[t]} serves {min(ratios):.2f}x to {max(ratios):.2f}x "
+                    f"the requests/s of {run.labels[FIREBOX_OFF]}"
+                )
+    main = next((t for t in (FIREBOX, *run.fireboxes()) if t in run.targets()), None)
+    base = [r for c in run.cells if main and (r := c.rps_ratio(main, BASELINE)) is not None]
+    if base and main:
+        parts.append(
+            f"{run.labels[main]} serves {min(base):.2f}x to {max(base):.2f}x "
+            f"the requests/s of {run.labels[BASELINE]}"
+        )
+    failed = {run.labels[t]: n for t, n in run.errors_by_target().items() if n}
+    if failed:
+        listed = ", ".join(f"{label} {n}" for label, n in failed.items())
+        parts.append(f"FAILED REQUESTS (these figures are not valid): {listed}")
+    else:
+        parts.append("no request failed (every answer 2xx)")
     return "; ".join(parts) + "." if parts else "No figures."
 
 
 def markdown(run: Run) -> str:
-    """The run's record: facts, the figures table, the ratios table and the reading."""
+    """The run's record: facts, the figures (one row per target), ratios, the reading."""
     title = "Latest full run" if run.mode == "full" else "Latest quick run"
+    if run.enforced():
+        title += ", with enforcement"
     lines = [f"### {title} ({run.facts['date']})", ""]
     lines += [f"- {name}: {value}" for name, value in run.facts.items() if name != "date"]
-    targets = run.targets()
-    head = ["mode", "c"]
-    for t in targets:
-        head += [f"{run.labels[t]} req/s", f"{run.labels[t]} p50 / p99 ms"]
-    head += [f"{run.labels[t]} added p50 ms" for t in targets if t != DIRECT]
+    head = ["mode", "c", "target", "req/s", "p50 / p99 ms", "added p50 ms", "errors"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in run.cells:
-        row = [_mode(cell.stream), str(cell.concurrency)]
-        for t in targets:
+        for t in run.targets():
             f = cell.targets[t]
-            errors = f" ({f.errors} errors)" if f.errors else ""
-            row += [f"{f.rps:,.0f}{errors}", f"{_ms(f.p50_ms)} / {_ms(f.p99_ms)}"]
-        row += [_ms(cell.added_p50(t)) for t in targets if t != DIRECT]
-        lines.append("| " + " | ".join(row) + " |")
+            added = "—" if t == DIRECT else _ms(cell.added_p50(t))
+            row = [_mode(cell.stream), str(cell.concurrency), run.labels[t]]
+            row += [f"{f.rps:,.0f}", f"{_ms(f.p50_ms)} / {_ms(f.p99_ms)}", added, str(f.errors)]
+            lines.append("| " + " | ".join(row) + " |")
     columns = run.ratio_columns()
     head = ["mode", "c", *(h for h, _ in columns)]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -233,14 +267,17 @@ def markdown(run: Run) -> str:
 INTRO = """\
 `bench/gateway_overhead.py` (see `bench/README.md`) starts, on loopback, the
 fake vLLM-shaped upstream (`tests/support/fake_upstream.py`, no token delay),
-Firebox pointed at it (auth, metering and every admission check that exists
-now), and the LiteLLM proxy (one worker, no database, master key) pointed at
-it; then wrk loads each in turn, interleaved cell by cell, with a chat
-completion of `max_tokens` 16. "added p50" is the gateway's p50 minus the
-upstream's p50 at the same settings; for streams, latency is to the last
-byte of the SSE body. The machine is shared with other work: absolute
-figures move by up to 2x or more between runs (even the upstream's own), so
-read the ratios (measured within one run) rather than the absolute figures.
+Firebox pointed at it in up to three variants (enforcement off; enforcement
+on with SQLite and in-process counters; enforcement on with PostgreSQL and
+Redis), each called with a member's key of a normal account whose rate,
+spend and suspension checks all run and never refuse, and the LiteLLM proxy
+(one worker, no database, master key) pointed at it; then wrk loads each in
+turn, interleaved cell by cell, with a chat completion of `max_tokens` 16.
+"added p50" is the gateway's p50 minus the upstream's p50 at the same
+settings; for streams, latency is to the last byte of the SSE body. The
+machine is shared with other work: absolute figures move by up to 2x or more
+between runs (even the upstream's own), so read the ratios (measured within
+one run) rather than the absolute figures.
 """
 
 
@@ -254,10 +291,10 @@ def record(path: Path, run: Run) -> None:
         following = re.search(r"^## ", text[start + len(HEADING) :], re.MULTILINE)
         end = start + len(HEADING) + following.start() if following else len(text)
         before, section, after = text[:start], text[start:end], text[end:]
-    blocks = {name: _block(section, name) for name in ("full", "quick", "notes")}
+    blocks = {name: _block(section, name) for name in BLOCKS}
     blocks[run.mode] = markdown(run)
     parts = [HEADING, "", INTRO]
-    for name in ("full", "quick", "notes"):
+    for name in BLOCKS:
         block = blocks[name]
         if block is not None:
             parts += [f"<!-- gateway-overhead:{name} -->", block.strip("\n"), ""]

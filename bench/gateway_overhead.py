@@ -2,17 +2,28 @@
 
 Run from the repository root (it needs Debian's ``wrk``)::
 
-    .venv/bin/python bench/gateway_overhead.py            # full: ~10 min
-    .venv/bin/python bench/gateway_overhead.py --quick    # ~3 s a measurement: ~3 min
+    .venv/bin/python bench/gateway_overhead.py            # full: ~12 min
+    .venv/bin/python bench/gateway_overhead.py --quick    # ~3 s a measurement: ~5 min
 
 It starts on 127.0.0.1 the fake vLLM-shaped upstream (no token delay, so the
-gateways' own cost dominates), Firebox pointed at it, and the LiteLLM proxy
-(one worker) pointed at it; then, for each stream mode and concurrency, it
-loads the upstream directly, Firebox and LiteLLM one after the other (a
-warm-up, then a fixed duration), prints requests/s, p50 and p99, the latency
-each gateway adds over the upstream and the ratios between them, and records
-them in ``docs/benchmarks.md`` under "Gateway overhead". Every process it
-starts is stopped when it ends, fails or runs past ``--time-limit``.
+gateways' own cost dominates), one Firebox per enforcement variant pointed at
+it, and the LiteLLM proxy (one worker) pointed at it; then, for each stream
+mode and concurrency, it loads the upstream directly, each Firebox and
+LiteLLM one after the other (a warm-up, then a fixed duration), prints
+requests/s, p50 and p99, the latency each gateway adds over the upstream and
+the ratios between them, and records them in ``docs/benchmarks.md`` under
+"Gateway overhead". Every process it starts is stopped when it ends, fails or
+runs past ``--time-limit``.
+
+``--enforcement`` (default ``off,local,redis``: all three) picks the Firebox
+variants (see ``_firebox.py``): ``off`` is ``FIREBOX_ENFORCEMENT=false``;
+``local`` is enforcement on with SQLite and in-process counters; ``redis`` is
+enforcement on with PostgreSQL (a fresh schema in ``--pg-url``, default
+``postgresql://postgres@127.0.0.1:5432/test``, dropped at the end) and Redis
+(``--redis-url``, default ``redis://127.0.0.1:6379/5``, flushed before and
+after). Each is called with a member's key of a normal account whose checks
+all run and never refuse. A non-2xx answer from any target is counted,
+shown, and makes the script exit with status 1.
 """
 
 from __future__ import annotations
@@ -20,26 +31,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
 import platform
-import secrets
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _firebox
 import _litellm
 import _wrk
 import httpx
-from _procs import Server, free_port, start
-from _report import BASELINE, DIRECT, FIREBOX, LITELLM, Cell, Figures, Run, print_table, record
+from _firebox import VARIANTS
+from _procs import Server, TimeLimitReached, free_port, start, time_limit
+from _report import BASELINE, DIRECT, LITELLM, Cell, Figures, Run, print_table, record
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = ROOT / "tests" / "support" / "fake_upstream.py"
@@ -47,10 +56,6 @@ UPSTREAM_MODEL = "fake-model"
 MAX_TOKENS = 16
 PROMPT = "Write one short sentence about benchmarks."
 CHAT = "/v1/chat/completions"
-
-
-class TimeLimitReached(Exception):
-    """Raised by the alarm when the run goes past ``--time-limit``."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Target:
     url: str  # the chat completions URL
     model: str
     token: str | None
+    enforced: bool | None = None  # Firebox: whether admission runs; None: not Firebox
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=1, choices=(1, 2), help="wrk threads")
     parser.add_argument("--skip-litellm", action="store_true", help="no LiteLLM (no ratios)")
+    parser.add_argument(
+        "--enforcement",
+        default="off,local,redis",
+        help="Firebox variants, comma-separated: off, local (in-process), redis (Redis+PG)",
+    )
+    parser.add_argument("--pg-url", default=_firebox.PG_URL, help="PostgreSQL for 'redis'")
+    parser.add_argument("--redis-url", default=_firebox.REDIS_URL, help="Redis db for 'redis'")
     parser.add_argument(
         "--baseline",
         metavar="REV",
@@ -90,9 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-record", action="store_true", help="do not touch docs/")
     parser.add_argument("--keep-logs", type=Path, help="keep the servers' logs in this folder")
     args = parser.parse_args(argv)
+    args.variants = [v.strip() for v in args.enforcement.split(",") if v.strip()]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown or not args.variants:
+        parser.error(f"--enforcement: pick from {', '.join(VARIANTS)} (got {unknown or 'none'})")
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
-    targets = 2 + (not args.skip_litellm) + bool(args.baseline)
+    targets = 1 + len(args.variants) + (not args.skip_litellm) + bool(args.baseline)
     cells = 2 * len(args.concurrency) * args.rounds * targets
     per_cell = args.duration + args.warmup + 15  # wrk's start and a slack for timeouts
     args.time_limit = args.time_limit or cells * per_cell + 600
@@ -116,6 +133,9 @@ def probe(target: Target) -> None:
         text = streamed.text
         if streamed.status_code != 200 or last not in text or "data: [DONE]" not in text:
             raise RuntimeError(f"{target.name} (stream): {streamed.status_code} {text[:500]}")
+    if target.enforced is not None:
+        for answer in (plain, streamed):
+            _firebox.probe_enforced(answer, target.enforced, target.name)
 
 
 def start_upstream(log_dir: Path) -> Server:
@@ -131,86 +151,19 @@ def start_upstream(log_dir: Path) -> Server:
     )
 
 
-def start_firebox(
-    upstream_url: str, work: Path, access_log: bool, name: str = "firebox", src: Path | None = None
-) -> tuple[Server, str]:
-    """Firebox with a catalog binding ``llama-8b`` to the upstream; returns its demo key.
+def settle(target: Target) -> str:
+    """Wait until the requests wrk left in flight are done: one more request, answered.
 
-    ``src``: run the ``firebox`` package found there instead of this tree's.
+    Returns that answer's status and the start of its body (shown when wrk saw errors).
     """
-    catalog = work / "catalog.toml"
-    catalog.write_text(
-        f"""\
-[[models]]
-id = "llama-8b"
-kind = "HF_BASE_MODEL"
-parameterCount = 8_000_000_000
-contextLength = 8192
-public = true
-engine = {{ type = "upstream", urls = ["{upstream_url}"], upstreamModel = "{UPSTREAM_MODEL}", \
-timeoutS = 30 }}
-"""
-    )
-    data = work / f"{name}-data"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIREBOX_")}
-    env |= {
-        "FIREBOX_ADMIN_KEY": "fw_bench_" + secrets.token_hex(16),
-        "FIREBOX_CATALOG_FILE": str(catalog),
-        "FIREBOX_ACCESS_LOG": "true" if access_log else "false",
-        "FIREBOX_WARM_LOCAL_ENGINES": "false",  # nothing loading in the background
-    }
-    if src is not None:  # ahead of the editable install's path entry
-        env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(
-            os.pathsep
-        )
-    firebox = Path(sys.executable).parent / "firebox"
-    argv = [str(firebox), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--data-dir", str(data)]
-    server = start(
-        name,
-        argv,
-        url=f"http://127.0.0.1:{port}",
-        health_path="/healthz",
-        log_dir=work,
-        env=env,
-        timeout_s=120,
-    )
-    key = json.loads((data / "credentials.json").read_text())["demoKey"]
-    return server, key
-
-
-def export_source(rev: str, into: Path) -> Path:
-    """``src/`` as of git revision ``rev``, unpacked under ``into`` (the repo is untouched)."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", rev, "src"], cwd=ROOT, capture_output=True, check=True
-    )
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into / "src"
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise ``TimeLimitReached`` in the main thread after ``seconds``."""
-
-    def expire(signum: int, frame: object) -> None:
-        raise TimeLimitReached(f"the benchmark ran past its time limit ({seconds:.0f} s)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(max(1, round(seconds)))
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def settle(target: Target) -> None:
-    """Wait until the requests wrk left in flight are done: one more request, answered."""
     headers = {"authorization": f"Bearer {target.token}"} if target.token else {}
-    with contextlib.suppress(httpx.HTTPError):
-        httpx.post(target.url, json=chat_body(target.model, False), headers=headers, timeout=60)
+    try:
+        answer = httpx.post(
+            target.url, json=chat_body(target.model, False), headers=headers, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return f"{answer.status_code} {answer.text[:300]}"
 
 
 def measure_one(
@@ -222,7 +175,14 @@ def measure_one(
         _wrk.run(wrk, target.url, script, duration_s=args.warmup, **common)
         settle(target)
     got = _wrk.run(wrk, target.url, script, duration_s=args.duration, **common)
-    settle(target)
+    after = settle(target)
+    if got.errors:
+        print(
+            f"  !! {target.label}: {got.errors} requests failed (non-2xx, socket errors or "
+            f"timeouts); one request after the run answered: {after}",
+            file=sys.stderr,
+            flush=True,
+        )
     return Figures(got.rps, got.p50_ms, got.p99_ms, got.errors)
 
 
@@ -244,7 +204,7 @@ def measure(args: argparse.Namespace, wrk: str, targets: list[Target], scripts: 
                     )
                     print(
                         f"  round {round_no + 1} {'stream' if stream else 'plain '} "
-                        f"c={connections:<3} {target.label:<18} {got.rps:8,.0f} req/s  "
+                        f"c={connections:<3} {target.label:<36} {got.rps:8,.0f} req/s  "
                         f"p50 {p50} ms  p99 {p99} ms"
                         + (f"  {got.errors} errors" if got.errors else ""),
                         flush=True,
@@ -283,20 +243,36 @@ def loadavg() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def start_targets(args: argparse.Namespace, work: Path, servers: list[Server]) -> list[Target]:
-    """Start every server (each added to ``servers`` at once, for the caller to stop)."""
+def start_targets(
+    args: argparse.Namespace, work: Path, servers: list[Server], stack: contextlib.ExitStack
+) -> list[Target]:
+    """Start every server (each added to ``servers`` at once, for the caller to stop).
+
+    ``stack`` holds the scale-out backends (schema and Redis db), released after.
+    """
     upstream = start_upstream(work)
     servers.append(upstream)
     print(f"upstream (fake) on {upstream.url}", flush=True)
     access_log, model = args.firebox_access_log == "on", "accounts/firebox/models/llama-8b"
     targets = [Target(DIRECT, "upstream (direct)", upstream.url + CHAT, UPSTREAM_MODEL, None)]
-    firebox, key = start_firebox(upstream.url + "/v1", work, access_log)
-    servers.append(firebox)
-    print(f"Firebox on {firebox.url}", flush=True)
-    targets.append(Target(FIREBOX, "Firebox", firebox.url + "/inference" + CHAT, model, key))
+    catalog = _firebox.write_catalog(work / "catalog.toml", upstream.url + "/v1", UPSTREAM_MODEL)
+    for name in args.variants:
+        variant = VARIANTS[name]
+        env = {"FIREBOX_ENFORCEMENT": "true" if variant.enforcement else "false"}
+        if variant.scale_out:
+            env |= stack.enter_context(_firebox.scale_out_backends(args.pg_url, args.redis_url))
+        server, key = _firebox.start_firebox(
+            variant.name, catalog, work, access_log=access_log, extra_env=env
+        )
+        servers.append(server)
+        print(f"{variant.label} on {server.url}", flush=True)
+        url = server.url + "/inference" + CHAT
+        targets.append(Target(variant.name, variant.label, url, model, key, variant.enforcement))
     if args.baseline:
-        src = export_source(args.baseline, work / "baseline")
-        base, base_key = start_firebox(upstream.url + "/v1", work, access_log, "baseline", src)
+        src = _firebox.export_source(args.baseline, work / "baseline")
+        base, base_key = _firebox.start_firebox(
+            "baseline", catalog, work, access_log=access_log, src=src
+        )
         servers.append(base)
         label = f"Firebox @{args.baseline}"
         print(f"{label} on {base.url}", flush=True)
@@ -323,19 +299,20 @@ def run_servers(
 ) -> tuple[list[Cell], dict[str, str]]:
     """Start the servers, check each answers, measure; stop them whatever happens."""
     servers: list[Server] = []
-    try:
-        targets = start_targets(args, work, servers)
-        for target in targets:
-            probe(target)
-        print("all targets answer; measuring", flush=True)
-        return measure(args, wrk, targets, work), {t.name: t.label for t in targets}
-    except BaseException:
-        for server in servers:
-            print(f"--- last lines of the {server.name} log ---\n{server.log_tail()}")
-        raise
-    finally:
-        for server in reversed(servers):
-            server.stop()
+    with contextlib.ExitStack() as stack:
+        try:
+            targets = start_targets(args, work, servers, stack)
+            for target in targets:
+                probe(target)
+            print("all targets answer (and enforce as configured); measuring", flush=True)
+            return measure(args, wrk, targets, work), {t.name: t.label for t in targets}
+        except BaseException:
+            for server in servers:
+                print(f"--- last lines of the {server.name} log ---\n{server.log_tail()}")
+            raise
+        finally:
+            for server in reversed(servers):
+                server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,6 +358,13 @@ def main(argv: list[str] | None = None) -> int:
             f"max_tokens {MAX_TOKENS}, upstream token delay 0; Firebox access log "
             f"{args.firebox_access_log}, LiteLLM's uvicorn access log on (its default)"
         ),
+        "Enforcement": (
+            "Firebox is called with a member's key of account `bench` (payment method, "
+            "unlimited spend limit, 10,000,000 requests/min), so suspension, rate and "
+            "spend checks run on every request and none refuses; usage goes through the "
+            "ledger writer in every variant. Variants: "
+            + "; ".join(f"{VARIANTS[v].label}: {VARIANTS[v].setup}" for v in args.variants)
+        ),
         "Took": f"{time.monotonic() - started:.0f} s",
     }
     run = Run(cells, facts, "quick" if args.quick else "full", labels)
@@ -389,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_record:
         record(ROOT / "docs" / "benchmarks.md", run)
         print("recorded in docs/benchmarks.md")
+    failed = {labels[t]: n for t, n in run.errors_by_target().items() if n}
+    if failed:
+        print(f"FAILED REQUESTS: {failed}; the figures above are not valid", file=sys.stderr)
+        return 1
     return 0
 
 
