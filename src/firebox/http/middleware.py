@@ -122,10 +122,12 @@ class RequestContextMiddleware:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")[:128]
                 break
+        state = scope.setdefault("state", {})
+        state["request_id_from_client"] = bool(request_id)
         if not request_id:
             request_id = uuid.uuid4().hex
             scope["headers"] = [*scope["headers"], (b"x-request-id", request_id.encode())]
-        scope.setdefault("state", {})["request_id"] = request_id
+        state["request_id"] = request_id
         start = time.perf_counter()
         status = 500
         encoded_id = request_id.encode("latin-1")

@@ -18,19 +18,26 @@ from firebox.inference.models import ModelRef
 from firebox.inference.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingCreate
 
 TEMPLATE_TOKENS_PER_MESSAGE = 16
-UNKNOWN_CONTEXT_TOKENS = 32_768  # an upstream model whose context length is not in the catalog
+# A model whose context length the catalog does not know: its prompt is bounded
+# by its bytes alone, and an answer without max_tokens by this many tokens,
+# more than any current model's context (the operator should set contextLength).
+UNKNOWN_CONTEXT_TOKENS = 1_048_576
 
 
-def _context(model: ModelRef) -> int:
-    return model.context_length or UNKNOWN_CONTEXT_TOKENS
+def _context(model: ModelRef) -> int | None:
+    return model.context_length or None
 
 
-def _prompt_bound(text_or_ids: str | list[int], context: int) -> int:
+def _cap(tokens: int, context: int | None) -> int:
+    return tokens if context is None else min(tokens, context)
+
+
+def _prompt_bound(text_or_ids: str | list[int], context: int | None) -> int:
     if isinstance(text_or_ids, str):
         bound = len(text_or_ids.encode()) + TEMPLATE_TOKENS_PER_MESSAGE
     else:
         bound = len(text_or_ids)
-    return min(bound, context)
+    return _cap(bound, context)
 
 
 def _demand(
@@ -66,11 +73,11 @@ def generation_demand(
 ) -> Demand:
     """The most a chat or completions request can bill."""
     context = _context(model)
-    per_choice = min(body.token_limit() or context, context)
+    per_choice = _cap(body.token_limit() or context or UNKNOWN_CONTEXT_TOKENS, context)
     if isinstance(body, ChatCompletionRequest):
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        text = orjson.dumps(messages).decode()
-        prompt = min(len(text.encode()) + TEMPLATE_TOKENS_PER_MESSAGE * len(messages), context)
+        size = len(orjson.dumps(messages))
+        prompt = _cap(size + TEMPLATE_TOKENS_PER_MESSAGE * len(messages), context)
         return _demand(
             model, request_id, account_id, "chat", prompt, body.n * per_choice, images=images
         )

@@ -6,6 +6,8 @@ OpenAI error shape that names the parameter, before any work is done.
 
 from __future__ import annotations
 
+import secrets
+import uuid
 from typing import Any, TypeVar
 
 import orjson
@@ -50,9 +52,18 @@ def _created(model: ResolvedModel) -> int:
 
 
 def _request_id(request: Request) -> str:
-    return str(
-        request.scope.get("state", {}).get("request_id") or request.headers.get("x-request-id", "")
-    )
+    """The request's id for metering: unique, and never chosen by the client alone.
+
+    Usage records are idempotent by this id, so a client-chosen id would let a
+    replayed header go unbilled (or collide with another account's request).
+    A client's ``x-request-id`` is still echoed and logged; metering appends a
+    random suffix to it (``<client id>~<16 hex>``).
+    """
+    state = request.scope.get("state", {})
+    request_id = str(state.get("request_id") or uuid.uuid4().hex)
+    if state.get("request_id_from_client", True):
+        return f"{request_id}~{secrets.token_hex(8)}"
+    return request_id
 
 
 def _inference(request: Request) -> InferenceService:
