@@ -426,3 +426,16 @@ def test_usage_is_counted_with_the_tokenizer_when_the_upstream_omits_it(
     )
     text = body["choices"][0]["text"]
     assert body["usage"]["completion_tokens"] == len(tok.encode(text, add_special_tokens=False).ids)
+
+
+def test_a_repeated_client_request_id_is_billed_every_time(
+    client: TestClient, key: dict[str, str], services: Services
+) -> None:
+    body = {"model": BASE, "prompt": "hello", "max_tokens": 2}
+    for _ in range(2):
+        answer = client.post("/v1/completions", json=body, headers={**key, "x-request-id": "same"})
+        assert answer.status_code == 200
+        assert answer.headers["x-request-id"] == "same"  # still echoed
+    rows = usage_rows(services, "same")
+    assert len(rows) == 2 and len({r.request_id for r in rows}) == 2
+    assert all(r.amount_micros > 0 or r.completion_tokens == 2 for r in rows)
