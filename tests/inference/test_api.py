@@ -7,6 +7,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
@@ -439,3 +440,47 @@ def test_a_repeated_client_request_id_is_billed_every_time(
     rows = usage_rows(services, "same")
     assert len(rows) == 2 and len({r.request_id for r in rows}) == 2
     assert all(r.completion_tokens == 2 and r.account_id == "acme" for r in rows)
+
+
+def test_a_client_gone_before_the_stream_starts_is_metered_and_settled(
+    client: TestClient, key: dict[str, str], services: Services
+) -> None:
+    """Starlette skips the body when the headers cannot be sent; the run must still end."""
+    body = json.dumps(
+        {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    ).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"authorization", key["Authorization"].encode()),
+            (b"x-request-id", b"gone-early"),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            raise OSError("the client went away")
+
+    async def call() -> None:
+        # Starlette reports the failed send, possibly wrapped in an exception group.
+        with pytest.raises((OSError, ExceptionGroup)):
+            await client.app(scope, receive, send)
+
+    anyio.run(call)
+    [record] = usage_rows(services, "gone-early")
+    assert record.outcome == "cancelled" and record.account_id == "acme"
+    assert services.money.spend_guard.reserved("acme") == 0  # type: ignore[attr-defined]

@@ -80,11 +80,31 @@ def _render(answer: Answer | StreamingAnswer) -> Response:
             yield sse_event(chunk)
         yield DONE
 
-    return StreamingResponse(
+    return _ClosingStream(
+        answer,
         body(),
         media_type="text/event-stream",
         headers={**answer.headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
     )
+
+
+class _ClosingStream(StreamingResponse):
+    """A streaming response that always closes its answer, even if the body never started.
+
+    Starlette skips the body when the client is gone before the first byte
+    (or the send of the headers fails); the answer's run and its metering
+    would then never end. The ``finally`` here is the one place that always runs.
+    """
+
+    def __init__(self, answer: StreamingAnswer, content: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._answer = answer
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._answer.close()
 
 
 def build_router(prefix: str) -> APIRouter:

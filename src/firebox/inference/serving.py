@@ -7,9 +7,10 @@ from the ``finally`` of the run, whatever way it ends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,10 +55,17 @@ class Answer:
 
 @dataclass
 class StreamingAnswer:
-    """Headers known before the first chunk, and the chunks (OpenAI dicts)."""
+    """Headers known before the first chunk, and the chunks (OpenAI dicts).
+
+    ``close`` must be called once the response is over, however it ended: if
+    the client left before the body started, ``chunks`` never ran (so neither
+    did its ``finally``), and ``close`` is what ends the engine run, meters
+    what was produced and settles the admission ticket.
+    """
 
     headers: dict[str, str]
     chunks: AsyncIterator[dict[str, Any]]
+    close: Callable[[], Awaitable[None]]
 
 
 class InferenceService:
@@ -247,7 +255,7 @@ class InferenceService:
                     await run.close()
                     await meter.emit(run, outcome)
 
-        return StreamingAnswer(headers, chunks())
+        return StreamingAnswer(headers, chunks(), functools.partial(meter.close, run))
 
 
 class _Meter:
@@ -296,6 +304,12 @@ class _Meter:
             "fireworks-prompt-tokens": str(self.prompt_tokens(run)),
             "fireworks-cached-prompt-tokens": str(run.cached_tokens),
         }
+
+    async def close(self, run: GenerationRun) -> None:
+        """End ``run`` and meter it as cancelled, unless it was metered already."""
+        with anyio.CancelScope(shield=True):
+            await run.close()
+            await self.emit(run, "cancelled")
 
     async def emit(self, run: GenerationRun, outcome: Outcome) -> None:
         """Send the one usage record of this request and settle its admission ticket.
