@@ -136,7 +136,14 @@ def build_money(settings: Settings, db: Database, clock: Clock, metrics: Metrics
     overrides = DbOverrides(db, clock, max_age=timedelta(seconds=60))
     pricer = Pricer(book, overrides, clock=clock)
     fanout = MoneyFanout()
-    billing = BillingService(db, clock, pricer, payment_provider(settings), fanout)
+    billing = BillingService(
+        db,
+        clock,
+        pricer,
+        payment_provider(settings),
+        fanout,
+        period_grace=timedelta(seconds=settings.period_close_grace_s),
+    )
     ledger = Ledger(db, clock, fanout, book=book)
     ingest = UsageIngest(
         pricer,
@@ -150,7 +157,7 @@ def build_money(settings: Settings, db: Database, clock: Clock, metrics: Metrics
         billing.invoices,
         clock,
         interval_s=settings.period_close_interval_s,
-        extra=billing.expire_credits,
+        extra=billing.housekeeping,  # credit expiry, purchases left pending by a crash
     )
     plans = PlanLimits(db, clock)
     local_limiter = InProcessRateLimiter(clock)

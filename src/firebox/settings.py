@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     period_close_interval_s: float = Field(
         default=30.0, gt=0, description="How often a replica checks for a month to close."
     )
+    period_close_grace_s: int = Field(
+        default=3600,
+        ge=0,
+        description="How long after a month ends its invoices wait, so usage still in "
+        "replicas' queues or spools reaches the ledger first.",
+    )
     enforcement: bool = Field(
         default=True,
         description="Rate limits, spend limits and suspension on inference; off only "

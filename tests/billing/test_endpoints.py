@@ -305,9 +305,11 @@ def test_month_end_invoice_declined_then_paid(env: Env) -> None:
     new_account(env)
     add_card(env, "acme", "pm_card_chargeDeclined")
     env.usage("acme", 15_000_000)  # $3.00, $1.00 of it from the free credit
-    moved = call(env, "POST", "/v1/admin/testClock:advance", json={"to": "2026-02-01T00:00:05Z"})
+    early = call(env, "POST", "/v1/admin/testClock:advance", json={"to": "2026-02-01T00:00:05Z"})
+    assert early["closedPeriods"] == []  # within the 1-hour grace for late usage
+    moved = call(env, "POST", "/v1/admin/testClock:advance", json={"to": "2026-02-01T01:00:05Z"})
     assert moved["closedPeriods"] == ["2026-01"]
-    assert moved["now"].startswith("2026-02-01T00:00:05")
+    assert moved["now"].startswith("2026-02-01T01:00:05")
     invoices = call(env, "GET", "/v1/accounts/acme/invoices")
     assert invoices["totalSize"] == 1
     (listed,) = invoices["invoices"]
@@ -329,7 +331,7 @@ def test_month_end_invoice_declined_then_paid(env: Env) -> None:
     add_card(env, "acme", "pm_card_visa")
     paid = call(env, "POST", f"{path}:pay")
     assert (paid["state"], paid["attemptCount"]) == ("PAID", 3)
-    assert paid["paidTime"].startswith("2026-02-01T00:00:05")
+    assert paid["paidTime"].startswith("2026-02-01T01:00:05")
     view = billing(env)
     assert pick(view, "failedInvoices", "spendLimit", "historicalSpend") == (0, "50.00", "2.00")
     assert error(env, "POST", f"{path}:pay", 400)["code"] == "invoice_already_paid"
@@ -373,6 +375,13 @@ def test_test_clock_routes(env: Env) -> None:
     assert (back["code"], back["param"]) == ("clock_backwards", "to")
     naive = error(env, "POST", "/v1/admin/testClock:advance", 400, json={"to": "2026-02-01T00:00"})
     assert naive["param"] == "to"
+    far = error(
+        env, "POST", "/v1/admin/testClock:advance", 400, json={"to": "9999-12-31T00:00:00Z"}
+    )
+    assert (far["code"], far["param"]) == ("clock_too_far", "to")
+    assert call(env, "GET", "/v1/admin/testClock")["now"] == "2026-01-20T12:00:00Z"  # unmoved
+    call(env, "POST", "/v1/admin/testClock:advance", json={"to": "2036-01-01T00:00:00Z"})
+    assert call(env, "GET", "/v1/accounts/acme/billing")["period"] == "2036-01"  # still answers
     closing = error(
         env, "POST", "/v1/admin/billing:closePeriod", 403, json={"period": "2025-12"}, headers=admin
     )

@@ -26,7 +26,7 @@ from tests.billing.test_invoices import (
     payments,
 )
 
-MAR = datetime(2026, 3, 1, 0, 0, 5, tzinfo=UTC)
+MAR = datetime(2026, 3, 1, 1, 0, 5, tzinfo=UTC)  # March 1st, after the 1-hour grace
 
 
 def count(db: Database, table: type[InvoiceRow] | type[PaymentRow] | type[InvoiceLineRow]) -> int:
@@ -156,11 +156,38 @@ def test_close_due_periods_closes_every_ended_month_once(kit: Kit) -> None:
     assert count(kit.db, InvoiceRow) == 4
 
 
+def test_the_job_waits_for_the_grace_but_a_close_by_hand_does_not(database: Database) -> None:
+    kit = make_kit(database)
+    add_account(database, "acme")
+    add_account(database, "beta")
+    add_usage(database, "acme", "a1", 20)
+    add_usage(database, "beta", "b1", 30)
+    kit.clock.set(FEB)  # January ended 1 second ago: a replica may still hold its records
+    assert kit.closer.close_due_periods() == []
+    kit.clock.set(FEB + timedelta(minutes=59, seconds=58))
+    assert kit.closer.close_due_periods() == []
+    assert count(database, InvoiceRow) == 0
+    add_usage(database, "acme", "a-late", 50, when=FEB - timedelta(seconds=2))
+    kit.clock.set(FEB + timedelta(hours=1) - timedelta(seconds=1))  # exactly end + grace
+    assert kit.closer.close_due_periods() == ["2026-01"]
+    assert only_invoice(database, "acme").usage_micros == 70  # the late record is in
+    assert count(database, InvoiceRow) == 2
+
+    by_hand = PeriodCloser(database, kit.clock, kit.invoices, kit.listener, rescan_s=0)
+    add_account(database, "gamma")
+    add_usage(database, "gamma", "g1", 10, when=FEB + timedelta(days=3))
+    kit.clock.set(datetime(2026, 3, 1, 0, 0, 1, tzinfo=UTC))
+    assert by_hand.close_due_periods() == []
+    assert len(by_hand.close_period("2026-02").invoice_ids) == 1  # the CLI closes at once
+    no_grace = PeriodCloser(database, kit.clock, kit.invoices, kit.listener, grace=timedelta(0))
+    assert no_grace.close_due_periods() == []  # nothing left: February is invoiced
+
+
 def test_full_rescans_are_rationed_within_a_month(database: Database) -> None:
     kit = make_kit(database)
     closer = PeriodCloser(database, kit.clock, kit.invoices, kit.listener, rescan_s=3600)
     add_account(database, "acme")
-    kit.clock.set(FEB)
+    kit.clock.set(FEB + timedelta(hours=2))
     assert closer.close_due_periods() == []
     add_usage(database, "acme", "j1", 20)
     kit.clock.advance(timedelta(minutes=10))
@@ -174,7 +201,7 @@ def test_job_round_closes_retries_and_runs_the_extra_chore(kit: Kit) -> None:
     job = PeriodCloseJob(kit.closer, kit.invoices, kit.clock, extra=lambda: chores.append(1))
     add_account(kit.db, "acme", card="pm_card_chargeDeclined")
     add_usage(kit.db, "acme", "r1", 3_000_000)
-    kit.clock.set(FEB)
+    kit.clock.set(FEB + timedelta(hours=1))
 
     first = job.run_once()
     assert (first.closed_periods, first.payment_attempts, first.errors) == (["2026-01"], 0, [])

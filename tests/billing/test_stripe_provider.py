@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import stripe
 
+from firebox.billing.payments.pending import is_pending
 from firebox.billing.payments.provider import ChargeResult, PaymentDeclined
 from firebox.billing.payments.stripe_provider import StripePaymentProvider
 from firebox.errors import ServiceUnavailable
@@ -245,4 +246,57 @@ def test_bad_credentials_are_service_unavailable() -> None:
     http.answer("GET", "/v1/customers/search", 401, bad_key)
     with pytest.raises(ServiceUnavailable) as caught:
         provider_with(http).attach("acme", "pm_card_visa")
+    assert caught.value.code == "payment_provider_unavailable"
+
+
+def test_a_processing_intent_is_pending_and_a_replay_reads_how_it_ended() -> None:
+    http = RecordingHTTPClient()
+    provider = charge_setup(http)
+    processing = {"id": "pi_p", "object": "payment_intent", "status": "processing"}
+    http.answer("POST", "/v1/payment_intents", 200, processing)
+    http.answer("GET", "/v1/payment_intents/pi_p", 200, processing)
+    http.answer("POST", "/v1/payment_intents", 200, processing)  # Stripe replays the key
+    http.answer("GET", "/v1/payment_intents/pi_p", 200, processing | {"status": "succeeded"})
+
+    first = provider.charge("acme", "pm_1", 500, "x", "k-p")
+    again = provider.charge("acme", "pm_1", 500, "x", "k-p")
+
+    assert (first.succeeded, first.provider_ref, first.failure_code) == (
+        False,
+        "pi_p",
+        "payment_processing",
+    )
+    assert is_pending(first)
+    assert again == ChargeResult(succeeded=True, provider_ref="pi_p")
+    assert [r.headers.get("Idempotency-Key") for r in http.requests if r.method == "POST"] == [
+        "k-p",
+        "k-p",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (429, "invalid_request_error"),  # rate limited
+        (409, "idempotency_error"),  # the same key in flight or reused
+        (403, "invalid_request_error"),  # a restricted key lacks the permission
+    ],
+)
+def test_other_stripe_errors_are_service_unavailable(status: int, error_type: str) -> None:
+    http = RecordingHTTPClient()
+    provider = charge_setup(http)
+    body = {"error": {"type": error_type, "message": "try later", "code": "rate_limit"}}
+    http.answer("POST", "/v1/payment_intents", status, body)
+    with pytest.raises(ServiceUnavailable) as caught:
+        provider.charge("acme", "pm_1", 500, "x", "k4")
+    assert caught.value.code == "payment_provider_unavailable"
+
+
+def test_a_connection_failure_is_service_unavailable() -> None:
+    class Broken(RecordingHTTPClient):
+        def request(self, *args: Any, **kwargs: Any) -> tuple[str, int, Mapping[str, str]]:
+            raise stripe.APIConnectionError("connection reset")
+
+    with pytest.raises(ServiceUnavailable) as caught:
+        provider_with(Broken()).attach("acme", "pm_card_visa")
     assert caught.value.code == "payment_provider_unavailable"

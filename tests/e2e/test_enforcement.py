@@ -213,7 +213,7 @@ def test_declined_invoice_suspends_and_paying_lifts(server: RunningServer) -> No
             str(httpx.get(f"{url}/v1/admin/testClock", headers=OPERATOR).json()["now"])
         )
         next_month = (now.replace(day=1) + timedelta(days=32)).replace(
-            day=1, hour=0, minute=5, second=0, microsecond=0, tzinfo=UTC
+            day=1, hour=1, minute=5, second=0, microsecond=0, tzinfo=UTC
         )
         _advance(url, next_month)
 

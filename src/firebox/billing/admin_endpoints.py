@@ -9,7 +9,7 @@ answer is sent.
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -27,6 +27,8 @@ from firebox.errors import FailedPrecondition, InvalidArgument
 from firebox.http.auth import CurrentPrincipal
 
 _DUMP: dict[str, Any] = {"response_model_by_alias": True}
+# Far enough for any billing scenario; near enough that now() + a year never overflows.
+MAX_JUMP = timedelta(days=3653)
 
 
 def _clock(request: Request) -> Clock:
@@ -77,6 +79,13 @@ def build_router() -> APIRouter:
             raise InvalidArgument(
                 "Give 'to' with a time zone, e.g. 2026-02-01T00:00:00Z.",
                 code="invalid_time",
+                param="to",
+            )
+        if body.to.astimezone(UTC) - clock.now() > MAX_JUMP:
+            raise InvalidArgument(
+                f"The test clock is at {clock.now().isoformat()}; move it at most 10 years "
+                "ahead per call.",
+                code="clock_too_far",
                 param="to",
             )
         try:

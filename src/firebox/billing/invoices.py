@@ -39,7 +39,9 @@ from firebox.billing import invoice_repository as repo
 from firebox.billing.events import MoneyListener
 from firebox.billing.models import InvoiceLineRow, InvoiceRow, PaymentRow
 from firebox.billing.money import MICROS_PER_CENT, cents_up
+from firebox.billing.payments.pending import is_pending
 from firebox.billing.payments.provider import ChargeResult, PaymentProvider
+from firebox.billing.price_book import PriceBook
 from firebox.billing.tiers import record_spend
 from firebox.clock import Clock
 from firebox.errors import (
@@ -160,9 +162,16 @@ class InvoiceService:
     """Reads invoices and charges them through the payment provider."""
 
     def __init__(
-        self, db: Database, clock: Clock, provider: PaymentProvider, listener: MoneyListener
+        self,
+        db: Database,
+        clock: Clock,
+        provider: PaymentProvider,
+        listener: MoneyListener,
+        *,
+        book: PriceBook | None = None,
     ) -> None:
         self._db = db
+        self._book = book  # the operator's price book (tier thresholds); None: the packaged one
         self._clock = clock
         self._provider = provider
         self._listener = listener
@@ -290,6 +299,14 @@ class InvoiceService:
                     "The payment provider did not answer; try paying the invoice again shortly.",
                     code="payment_provider_unavailable",
                 ) from exc
+            if is_pending(result):
+                # Not an outcome yet: record nothing, so the next try repeats this
+                # attempt's key and learns how it ended (never a second charge).
+                raise ServiceUnavailable(
+                    f"The payment of invoice {row.id!r} is still being processed by the "
+                    "payment provider; check again in a few minutes.",
+                    code="payment_processing",
+                )
             session.add(
                 PaymentRow(
                     id=f"pay_{row.id[4:]}_{attempt}",
@@ -315,7 +332,7 @@ class InvoiceService:
                 row.next_attempt_time = None
                 if was_failed:
                     repo.add_failed_invoices(session, row.account_id, -1, now)
-                record_spend(session, row.account_id, cents * MICROS_PER_CENT)
+                record_spend(session, row.account_id, cents * MICROS_PER_CENT, self._book)
             else:
                 row.state = "PAYMENT_FAILED"
                 row.last_failure = f"{result.failure_code}: {result.failure_message}"[:512]

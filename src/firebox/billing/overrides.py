@@ -5,7 +5,10 @@ the database per record, so ``DbOverrides`` loads the whole
 ``price_overrides`` table and every non-zero ``deployment_discount_bps`` in one
 read, and answers from memory. Whoever writes either calls ``refresh()``
 after the commit; ``max_age`` (optional) bounds how stale another replica's
-copy may get.
+copy may get. Lookups never wait for the database after the very first
+load: a stale snapshot is still served while ONE background thread reloads
+it, and a failed reload is logged and keeps the old snapshot (tried again
+after ``max_age``), so pricing on the event loop neither blocks nor fails.
 
 An override's ``target`` is a model name, a price class name, a GPU type
 (on-demand deployments, per GPU-hour) or ``fine_tuning:<price class>``. The
@@ -16,8 +19,9 @@ applies; a model-name override wins over a class override.
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -26,6 +30,8 @@ from sqlalchemy import select
 from firebox.billing.models import BillingAccountRow, PriceOverrideRow
 from firebox.clock import Clock
 from firebox.store.database import Database
+
+log = logging.getLogger(__name__)
 
 
 class OverrideSource(Protocol):
@@ -83,6 +89,7 @@ class DbOverrides:
         self._clock = clock
         self._max_age = max_age
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()  # held while a background refresh runs
         self._snapshot: _Snapshot | None = None
 
     def refresh(self) -> None:
@@ -120,11 +127,30 @@ class DbOverrides:
             and snapshot.loaded_at is not None
             and self._clock.now() - snapshot.loaded_at > self._max_age
         )
-        if snapshot is None or stale:
-            self.refresh()
+        if snapshot is None:
+            self.refresh()  # the very first lookup of the process
             snapshot = self._snapshot
-        assert snapshot is not None
+            assert snapshot is not None
+        elif stale:
+            self._refresh_in_background()
         return snapshot
+
+    def _refresh_in_background(self) -> None:
+        if not self._refreshing.acquire(blocking=False):
+            return  # a refresh is already under way
+
+        def run() -> None:
+            try:
+                self.refresh()
+            except Exception:
+                log.warning("price override refresh failed; serving the old ones", exc_info=True)
+                with self._lock:  # try again after max_age, not on every lookup
+                    if self._snapshot is not None and self._clock is not None:
+                        self._snapshot = replace(self._snapshot, loaded_at=self._clock.now())
+            finally:
+                self._refreshing.release()
+
+        threading.Thread(target=run, name="price-overrides-refresh", daemon=True).start()
 
     def unit_price(
         self, account_id: str, model: str | None, price_class: str | None, at: datetime

@@ -13,7 +13,10 @@ Idempotency and replicas: ``invoices`` is unique by (account, period), so a
 second close, on this or another replica at the same moment, makes nothing
 new (the loser's insert fails and it moves on).
 
-Late usage: a record of P written after P's invoice (e.g. replayed from a
+Late usage: the job closes P only ``grace`` (default 1 hour) after P ended,
+so records still in an ingest queue or a restarted replica's spool land
+first; ``close_period`` by hand (CLI, admin endpoint) closes at once. A
+record of P written after P's invoice (e.g. replayed from a
 spool after a crash) stays in the ledger but is never invoiced — a closed
 invoice is not reopened and no follow-up invoice is made. Each close reports
 such records in ``CloseReport.late_records`` and logs a warning, so an
@@ -32,7 +35,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
@@ -84,12 +87,14 @@ class PeriodCloser:
         listener: MoneyListener,
         *,
         rescan_s: float = 3600.0,
+        grace: timedelta = timedelta(hours=1),
     ) -> None:
         self._db = db
         self._clock = clock
         self._invoices = invoices
         self._listener = listener
         self._rescan_s = rescan_s
+        self._grace = grace
         # (current month, when) of the last scan that found every ended month closed.
         self._clean: tuple[str, datetime] | None = None
         self._lock = threading.Lock()
@@ -124,13 +129,18 @@ class PeriodCloser:
         return report
 
     def close_due_periods(self) -> list[str]:
-        """Close every ended month with usage that some invoice does not cover yet.
+        """Close every month that ended ``grace`` ago or more, with usage some invoice
+        does not cover yet.
 
-        The scan over all usage runs when the month changes and otherwise at
-        most every ``rescan_s`` once it found nothing to do.
+        The grace leaves time for the month's last records to reach the
+        ledger from replicas' ingest queues and from the spool of a replica
+        that died and restarted. The scan over all usage runs when the month
+        (shifted by the grace) changes and otherwise at most every
+        ``rescan_s`` once it found nothing to do.
         """
         now = self._clock.now()
-        current = period_of(now)
+        # P is due once now >= end of P + grace, i.e. P is before the month of now - grace.
+        current = period_of(now - self._grace)
         with self._lock:
             clean = self._clean
             if clean and clean[0] == current and (now - clean[1]).total_seconds() < self._rescan_s:

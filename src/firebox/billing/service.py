@@ -12,7 +12,7 @@ methods, invoices or period it tells the ``MoneyListener`` (suspension).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
@@ -66,6 +66,8 @@ class BillingService:
         pricer: Pricer,
         provider: PaymentProvider,
         listener: MoneyListener,
+        *,
+        period_grace: timedelta = timedelta(hours=1),
     ) -> None:
         self._db = db
         self._clock = clock
@@ -75,8 +77,8 @@ class BillingService:
         self._spend = SpendReader(db, clock, pricer.book)
         self._methods = PaymentMethods(db, clock, provider)
         self._purchases = Purchases(db, clock, provider, pricer.book)
-        self.invoices = InvoiceService(db, clock, provider, listener)
-        self.closer = PeriodCloser(db, clock, self.invoices, listener)
+        self.invoices = InvoiceService(db, clock, provider, listener, book=pricer.book)
+        self.closer = PeriodCloser(db, clock, self.invoices, listener, grace=period_grace)
 
     # -- MoneySource (the limits slice) -----------------------------------------
 
@@ -295,6 +297,18 @@ class BillingService:
 
     def pay_invoice(self, principal: Principal, account_id: str, invoice_id: str) -> Invoice:
         return self.invoices.pay_invoice(principal, account_id, invoice_id)
+
+    def reconcile_pending(self, older_than: timedelta = timedelta(minutes=1)) -> int:
+        """Complete credit purchases left PENDING (a crash mid-charge, a processing card)."""
+        done = self._purchases.reconcile_pending(older_than)
+        for account_id in sorted(set(done)):
+            self._listener.money_changed(account_id)
+        return len(done)
+
+    def housekeeping(self) -> None:
+        """The period job's extra chores: expire credit, complete pending purchases."""
+        self.expire_credits()
+        self.reconcile_pending()
 
     def retry_failed_payments(self) -> list[Invoice]:
         return self.invoices.retry_failed_payments()

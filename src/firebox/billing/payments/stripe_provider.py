@@ -9,8 +9,12 @@ purchases and month-end invoices run on a card on file) and the caller's
 idempotency key, so a retried charge never charges twice.
 
 A declined card is an answer, not an error: ``charge`` returns a
-``ChargeResult`` with ``succeeded=False`` and Stripe's reason. Stripe being
-unreachable or misconfigured is a ``ServiceUnavailable``.
+``ChargeResult`` with ``succeeded=False`` and Stripe's reason. A
+``processing`` PaymentIntent is not final: it is reported as pending
+(``payments/pending.py``) after one fresh read of the intent (a replayed key
+gets Stripe's first, processing answer back, so the read tells how it ended).
+Any other Stripe error (unreachable, rate limited, a key clash, bad
+credentials) is a ``ServiceUnavailable`` (``payment_provider_unavailable``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import stripe
 
+from firebox.billing.payments.pending import PROCESSING
 from firebox.billing.payments.provider import AttachedMethod, ChargeResult, PaymentDeclined
 from firebox.errors import ServiceUnavailable
 
@@ -79,7 +84,7 @@ class StripePaymentProvider:
                     {"idempotency_key": f"firebox-customer-{account_id}"},
                 )
                 customer_id = str(created.id)
-        except (stripe.APIConnectionError, stripe.AuthenticationError, stripe.APIError) as exc:
+        except stripe.StripeError as exc:  # unreachable, rate-limited, bad key, key clash…
             raise _unavailable(exc) from exc
         with self._lock:
             self._customers[account_id] = customer_id
@@ -94,7 +99,7 @@ class StripePaymentProvider:
                 "invalid_payment_method",
                 f"Stripe refused payment method {payment_method!r}: {exc.user_message or exc}",
             ) from exc
-        except (stripe.APIConnectionError, stripe.AuthenticationError, stripe.APIError) as exc:
+        except stripe.StripeError as exc:  # unreachable, rate-limited, bad key, key clash…
             raise _unavailable(exc) from exc
         card: Any = getattr(method, "card", None)
         return AttachedMethod(
@@ -108,7 +113,7 @@ class StripePaymentProvider:
             self._client.v1.payment_methods.detach(provider_ref)
         except stripe.InvalidRequestError:
             return None  # already detached or gone: the goal is reached
-        except (stripe.APIConnectionError, stripe.AuthenticationError, stripe.APIError) as exc:
+        except stripe.StripeError as exc:  # unreachable, rate-limited, bad key, key clash…
             raise _unavailable(exc) from exc
 
     def charge(
@@ -141,16 +146,30 @@ class StripePaymentProvider:
                 failure_code=failure_code(exc),
                 failure_message=str(exc.user_message or exc),
             )
-        except (stripe.APIConnectionError, stripe.AuthenticationError, stripe.APIError) as exc:
+        except stripe.StripeError as exc:  # unreachable, rate-limited, bad key, key clash…
             raise _unavailable(exc) from exc
-        if intent.status == "succeeded":
+        status = str(intent.status)
+        if status == "processing":
+            # A replayed key answers the first (processing) response again: ask for now.
+            try:
+                status = str(self._client.v1.payment_intents.retrieve(str(intent.id)).status)
+            except stripe.StripeError as exc:
+                raise _unavailable(exc) from exc
+        if status == "succeeded":
             return ChargeResult(succeeded=True, provider_ref=str(intent.id))
+        if status == "processing":
+            return ChargeResult(
+                succeeded=False,
+                provider_ref=str(intent.id),
+                failure_code=PROCESSING,
+                failure_message="Stripe is still processing the payment; it is not final yet.",
+            )
         return ChargeResult(
             succeeded=False,
             provider_ref=str(intent.id),
-            failure_code=f"payment_{intent.status}",
+            failure_code=f"payment_{status}",
             failure_message=(
-                f"Stripe left the payment in state {intent.status!r}; the card needs the "
+                f"Stripe left the payment in state {status!r}; the card needs the "
                 "customer's action. Use another payment method."
             ),
         )
