@@ -108,7 +108,8 @@ class MoneyServices:
     account_events: AccountEvents
 
     async def aclose(self) -> None:
-        for closable in (self.rate_limiter, self.spend_guard):
+        # The guard first: its deferred settlements still count generated tokens.
+        for closable in (self.spend_guard, self.rate_limiter):
             aclose = getattr(closable, "aclose", None)
             if aclose is not None:
                 try:

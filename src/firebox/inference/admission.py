@@ -54,6 +54,14 @@ class Ticket(Protocol):
         """Settle to ``usage`` (or release when ``None``); later calls do nothing."""
         ...
 
+    async def settle_soon(self, usage: UsageRecord | None) -> None:
+        """``settle``, possibly after the answer is sent (off the response path).
+
+        Serving calls it once the usage record is safely queued; until the
+        settlement runs, the reservation keeps holding the worst case.
+        """
+        ...
+
 
 class Admission(Protocol):
     """Admits requests: suspension, rate limit, spend reservation."""
@@ -70,6 +78,9 @@ class OpenTicket:
     headers: dict[str, str] = field(default_factory=dict)
 
     async def settle(self, usage: UsageRecord | None) -> None:
+        return None
+
+    async def settle_soon(self, usage: UsageRecord | None) -> None:
         return None
 
 

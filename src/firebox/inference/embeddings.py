@@ -80,7 +80,10 @@ class EmbeddingService:
             self._usage.record(record)
         finally:
             with anyio.CancelScope(shield=True):
-                await ticket.settle(record)
+                if record is not None:
+                    await ticket.settle_soon(record)  # queued: may settle after the answer
+                else:
+                    await ticket.settle(None)
         data = [
             {
                 "object": "embedding",

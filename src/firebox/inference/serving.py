@@ -347,4 +347,4 @@ class _Meter:
             self._sink.record(record)
         except Exception:  # metering must never break an answer; the sink logs its own
             log.exception("usage record %s could not be queued", self._request_id)
-        await self._ticket.settle(record)
+        await self._ticket.settle_soon(record)  # the record is queued: may settle after

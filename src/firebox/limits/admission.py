@@ -11,7 +11,9 @@ In order (ARCHITECTURE "one request, end to end", step 3):
    suspends the account for its reason.
 
 The platform operator is never limited. The ticket carries the rate-limit
-headers and settles the reservation once, to the priced usage.
+headers and settles the reservation once, to the priced usage;
+``settle_soon`` (what serving calls) runs a Redis settlement after the
+answer is sent, so its round trip is not on the response path.
 
 On the hot path nothing waits on the database: plan limits and suspension
 reasons come from per-replica caches (read in a worker thread on a miss),
@@ -146,6 +148,8 @@ class Enforcement:
             and spend_guard.redis_url == rate_limiter.redis_url
         ):
             self._shared = (spend_guard, rate_limiter)
+        # Settlements that do I/O run after the answer (the guard drains them on close).
+        self._defer = spend_guard.defer if isinstance(spend_guard, RedisSpendGuard) else None
 
     async def admit(self, principal: Principal, demand: Demand) -> Ticket:
         if principal.is_operator:
@@ -299,6 +303,24 @@ class EnforcedTicket:
         if self._settled:
             return
         self._settled = True
+        await self._close(usage)
+
+    async def settle_soon(self, usage: UsageRecord | None) -> None:
+        """``settle``, but a Redis settlement runs as a task and this returns at once.
+
+        Until it runs, the reservation holds the worst case (stricter, never
+        looser); the spend guard keeps the task and waits for it on close.
+        """
+        defer = self._enforcement._defer
+        if defer is None:
+            await self.settle(usage)
+            return
+        if self._settled:
+            return
+        self._settled = True
+        defer(self._close(usage))
+
+    async def _close(self, usage: UsageRecord | None) -> None:
         owner = self._enforcement
         try:
             if usage is None:

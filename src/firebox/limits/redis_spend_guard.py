@@ -19,6 +19,12 @@ refresh ``committed`` is also raised to the ledger's figure if that is higher.
 shares this Redis: ``redis_scripts.ADMIT`` checks the rate counters, reserves,
 and counts the rate only if the reservation was made.
 
+``defer`` runs a settlement after the answer is sent (admission's
+``EnforcedTicket.settle_soon``), so its round trip is off the response path;
+until it runs the reservation still holds the worst case, which only makes
+the cap stricter. ``aclose`` waits for the deferred ones (a settlement that
+never runs expires with its reservation's TTL; its usage is in the ledger).
+
 When Redis fails, the guard falls back to a per-replica
 ``InProcessSpendGuard`` (counted in ``fallbacks``) and tries Redis again
 after ``retry_s``; the cap then holds per replica, not across them.
@@ -26,12 +32,14 @@ after ``retry_s``; the cap then holds per replica, not across them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -154,6 +162,7 @@ class RedisSpendGuard:
         self._admit = self._client.register_script(ADMIT)
         self.redis_url = redis_url
         self._down_until = 0.0
+        self._deferred: set[asyncio.Task[None]] = set()  # strong references until done
         self.fallbacks = 0  # Redis failures that sent calls to the per-replica fallback
         self.expired = 0  # leaked reservations dropped after their TTL
 
@@ -328,7 +337,22 @@ class RedisSpendGuard:
     def money_changed(self, account_id: str) -> None:
         self._snapshots.invalidate(account_id)
 
+    def defer(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (a settlement, which never raises) as a task; ``aclose`` awaits it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._deferred.add(task)
+        task.add_done_callback(self._deferred.discard)
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Wait until every deferred settlement is done (at most ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while self._deferred and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._deferred), timeout=left)
+        if self._deferred:
+            log.warning("%d deferred settlement(s) still running", len(self._deferred))
+
     async def aclose(self) -> None:
+        await self.drain()
         await self._client.aclose()
         self._sync.close()
 
