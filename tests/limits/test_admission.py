@@ -51,6 +51,7 @@ class Money:
 
     def __init__(self) -> None:
         self.states: dict[str, SpendState] = {}
+        self.broken = False  # pricing fails (a settlement that raises)
 
     def spend_state(self, account_id: str) -> SpendState:
         return self.states.get(account_id) or SpendState(
@@ -58,6 +59,8 @@ class Money:
         )
 
     def cost(self, usage: UsageRecord) -> int:
+        if self.broken:
+            raise RuntimeError("no price for this model")
         return usage.prompt_tokens + usage.completion_tokens
 
     def worst_case_cost(self, demand: Demand) -> int:
@@ -250,11 +253,17 @@ async def test_spend_cap_refuses_and_suspends_when_reached(both: World) -> None:
         await both.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
     assert soft.value.code == "monthly_spend_limit_exceeded"
     assert both.suspension.reasons("acme") == ()
+    assert "lower max_tokens" in soft.value.message and "suspended" not in soft.value.message
     await first.settle(usage(prompt=100, completion=500))
     # Now the settled usage alone leaves no room for 600: suspended for the month.
-    with pytest.raises(PaymentRequired):
+    with pytest.raises(PaymentRequired) as hard:
         await both.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
     assert both.suspension.reasons("acme") == ("MONTHLY_SPEND_LIMIT_EXCEEDED",)
+    assert hard.value.code == "monthly_spend_limit_exceeded"
+    message = hard.value.message
+    assert "is suspended" in message and "max_tokens" not in message
+    assert "of $0.001 this month" in message and "worst case of $0.0006" in message
+    assert "accountSpendLimit" in message and "month to roll over" in message
     with pytest.raises(PaymentRequired) as after:
         await both.enforcement.admit(MEMBER, demand(prompt=1, completion=1))
     assert after.value.code == "monthly_spend_limit_exceeded"
@@ -264,10 +273,52 @@ async def test_spend_cap_refuses_and_suspends_when_reached(both: World) -> None:
 @pytest.mark.anyio
 async def test_credits_depleted_without_a_payment_method(both: World) -> None:
     both.money.states["acme"] = SpendState("acme", "2026-03", 0, 50_000_000, 500, False, False)
+    await (await both.enforcement.admit(MEMBER, demand(prompt=100, completion=200))).settle(
+        usage(prompt=100, completion=200)
+    )
     with pytest.raises(PaymentRequired) as refused:
-        await both.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
+        await both.enforcement.admit(MEMBER, demand(prompt=100, completion=200))
     assert refused.value.code == "credit_depleted"
     assert both.suspension.reasons("acme") == ("CREDIT_DEPLETED",)
+    message = refused.value.message
+    assert "is suspended" in message and "max_tokens" not in message
+    assert "add a payment method or buy credits" in message
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("state", "hint"),
+    [
+        # A fresh $1 account without a card; a request that could cost $2.
+        (SpendState("acme", "2026-03", 0, 50_000_000, 1_000_000, False, False), "credit of $1.00"),
+        (SpendState("acme", "2026-03", 0, 1_000_000, 0, True, False), "spend limit of $1.00"),
+    ],
+)
+async def test_a_request_that_could_never_fit_is_refused_without_suspending(
+    both: World, state: SpendState, hint: str
+) -> None:
+    both.money.states["acme"] = state
+    with pytest.raises(PaymentRequired) as refused:
+        await both.enforcement.admit(MEMBER, demand(prompt=1_000_000, completion=1_000_000))
+    assert refused.value.code == "request_exceeds_spend_limit"
+    message = refused.value.message
+    assert "up to $2.00" in message and hint in message and "max_tokens" in message
+    assert both.suspension.reasons("acme") == ()
+    assert reserved(both, "acme") == 0
+    # A request that fits is still admitted: the account was not suspended.
+    ticket = await both.enforcement.admit(MEMBER, demand(prompt=1_000, completion=9_000))
+    await ticket.settle(usage(prompt=1_000, completion=9_000))
+    assert both.metrics.outcomes == Counter(spend_refused=1, admitted=1)
+
+
+@pytest.mark.anyio
+async def test_a_settlement_that_fails_releases_its_reservation(both: World) -> None:
+    ticket = await both.enforcement.admit(MEMBER, demand())
+    assert reserved(both, "acme") == 100
+    both.money.broken = True
+    await ticket.settle(usage())  # logged, never raised
+    assert reserved(both, "acme") == 0
+    assert both.guard.committed("acme") == 0
 
 
 @pytest.mark.anyio
@@ -426,6 +477,58 @@ async def test_redis_down_falls_back_per_replica_and_recovers(database: Database
         await world.limiter.aclose()
         await world.guard.aclose()
         client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(f"{world.prefix}*"):
+            client.delete(key)
+        client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+@pytest.mark.skipif(not REDIS_URL, reason="FIREBOX_TEST_REDIS_URL is not set")
+async def test_a_deferred_redis_settlement_holds_until_it_runs_and_settles_once(
+    database: Database,
+) -> None:
+    world = World(database, REDIS_URL)
+    guard = world.guard
+    assert isinstance(guard, RedisSpendGuard)
+    gate = asyncio.Event()
+    settles: list[str] = []
+    real = guard._settle
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        settles.append(kwargs["args"][1])
+        await gate.wait()
+        return await real(*args, **kwargs)
+
+    guard._settle = gated  # type: ignore[assignment]
+    try:
+        ticket = await world.enforcement.admit(MEMBER, demand())
+        await ticket.settle_soon(usage())  # returns at once: the settlement is a task
+        await ticket.settle_soon(usage(completion=1000))  # only the first counts
+        await ticket.settle(usage(completion=1000))
+        await asyncio.sleep(0.05)
+        # Until the settlement runs, the reservation holds the worst case.
+        assert (reserved(world, "acme"), len(guard._deferred)) == (100, 1)
+        gate.set()
+        await guard.drain()
+        assert (reserved(world, "acme"), guard._deferred) == (0, set())
+        assert await asyncio.to_thread(guard.committed, "acme") == 50
+        # Closing the guard waits for a settlement still deferred.
+        gate.clear()
+        last = await world.enforcement.admit(MEMBER, demand())
+        await last.settle_soon(usage(completion=20))
+        asyncio.get_running_loop().call_later(0.05, gate.set)
+        await guard.aclose()
+        assert reserved(world, "acme") == 0
+        assert settles == [ticket.reservation.id, last.reservation.id]  # once each
+        client = redis.Redis.from_url(guard.redis_url)
+        assert int(client.hget(guard.keys("acme", "2026-03")[0], "committed") or 0) == 80
+        client.close()
+    finally:
+        gate.set()
+        await world.limiter.aclose()
+        await guard.aclose()
+        client = redis.Redis.from_url(guard.redis_url)
         for key in client.scan_iter(f"{world.prefix}*"):
             client.delete(key)
         client.close()

@@ -18,6 +18,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from firebox.clock import FakeClock
 from firebox.limits.hooks import Reason
+from firebox.limits.rate_limiter import KEY_TTL_S as RATE_KEY_TTL_S
+from firebox.limits.rate_limiter import WINDOW_S, InProcessRateLimiter, RedisRateLimiter
 from firebox.limits.redis_spend_guard import RedisSpendGuard
 from firebox.limits.spend_guard import Refusal, Reservation
 from tests.conftest import REDIS_URL
@@ -69,8 +71,8 @@ def test_soft_hard_settle_release() -> None:
         assert isinstance(big, Reservation)
         reached = await guard.settle(big, 35)
         assert reached == Refusal(Reason.MONTHLY_SPEND_LIMIT_EXCEEDED, 100, 100, True, "2026-03")
-        await guard.settle(big, 35)  # a second settle of the same reservation adds usage only
-        assert guard.committed("acme") == 135
+        await guard.settle(big, 35)  # a second settle of the same reservation changes nothing
+        assert guard.committed("acme") == 100
         assert guard.fallbacks == 0
 
     with_guard(scenario)
@@ -215,3 +217,91 @@ def test_recovers_after_a_redis_error() -> None:
         assert guard.committed("acme") == 7
 
     with_guard(scenario, retry_s=0.0)
+
+
+@needs_redis
+@pytest.mark.redis
+def test_a_retried_script_counts_once() -> None:
+    """The client retries a call once after a timeout even if Redis ran it: same id, one effect."""
+
+    async def scenario(guard: RedisSpendGuard, money: FakeMoney, clock: FakeClock) -> None:
+        money.set("acme", usage=0, limit=100)
+        state = money.spend_state("acme")
+        keys = list(guard.keys("acme", "2026-03"))
+
+        async def reserve_twice(rid: str, worst: int) -> Reservation:
+            args = guard._reserve_args(state, True, worst, 100, clock.now(), rid)
+            for _ in range(2):
+                answer = await guard._reserve(keys=keys, args=args)
+                assert int(answer[0]) == 1
+            return Reservation(rid, "acme", "2026-03", worst, shared=True)
+
+        async def counters() -> tuple[int, int]:
+            values = await guard._client.hmget(keys[0], ["committed", "reserved"])
+            return int(values[0]), int(values[1])
+
+        settled = await reserve_twice("rid-settled", 30)
+        released = await reserve_twice("rid-released", 40)
+        assert await counters() == (0, 70)
+        for _ in range(2):
+            await guard.settle(settled, 20)
+        assert await counters() == (20, 40)
+        for _ in range(2):
+            await guard.release(released)
+        assert await counters() == (20, 0)
+        # A retried reserve of a reservation already settled holds nothing either.
+        assert isinstance(await guard.reserve("acme", 80), Reservation)
+        assert isinstance(await guard.reserve("acme", 1), Refusal)
+
+    with_guard(scenario)
+
+
+@needs_redis
+@pytest.mark.redis
+def test_a_retried_admit_counts_the_rate_and_the_money_once() -> None:
+    async def scenario(guard: RedisSpendGuard, money: FakeMoney, clock: FakeClock) -> None:
+        assert REDIS_URL is not None
+        limiter = RedisRateLimiter(
+            REDIS_URL, clock, InProcessRateLimiter(clock), 1, key_prefix=guard._prefix + "rate:"
+        )
+        money.set("acme", usage=0, limit=100)
+        state = money.spend_state("acme")
+        args = guard._reserve_args(state, True, 30, 100, clock.now(), "rid-1")
+        args += [int(clock.now().timestamp()), WINDOW_S, RATE_KEY_TTL_S, 1, 1]  # 1 a minute
+        keys = [*guard.keys("acme", "2026-03"), limiter.key("acme")]
+        try:
+            for _ in range(2):
+                answer = [int(x) for x in await guard._admit(keys=keys, args=args)]
+                # Admitted (the retry too, not rate limited): committed 0, reserved 30,
+                # expired 0; the counter: used 1, reset 60 s, retry 0.
+                assert answer == [1, 1, 0, 30, 0, 1, 60, 0]
+            assert await limiter.used("acme") == 1
+        finally:
+            await limiter.aclose()
+
+    with_guard(scenario)
+
+
+@needs_redis
+@pytest.mark.redis
+def test_the_cooldown_after_a_failure_runs_on_the_injected_clock() -> None:
+    async def scenario(guard: RedisSpendGuard, money: FakeMoney, clock: FakeClock) -> None:
+        money.set("acme", usage=0, limit=100)
+        real = guard._reserve
+        calls = {"n": 0}
+
+        async def flaky(**kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RedisConnectionError("boom")
+            return await real(**kwargs)
+
+        guard._reserve = flaky  # type: ignore[assignment]
+        assert not (await guard.reserve("acme", 10)).shared  # type: ignore[union-attr]
+        clock.advance(timedelta(seconds=4))
+        assert not (await guard.reserve("acme", 10)).shared  # type: ignore[union-attr]
+        clock.advance(timedelta(seconds=1))
+        assert (await guard.reserve("acme", 10)).shared  # type: ignore[union-attr]
+        assert (calls["n"], guard.fallbacks) == (2, 1)
+
+    with_guard(scenario, retry_s=5.0)

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import random
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -16,6 +16,7 @@ from firebox.inference.metering import UsageRecord
 from firebox.limits.hooks import Reason
 from firebox.limits.ports import SpendState
 from firebox.limits.spend_guard import InProcessSpendGuard, Refusal, Reservation, spend_cap
+from firebox.money_state import format_usd, period_of
 
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DOLLAR = 1_000_000
@@ -327,3 +328,23 @@ def test_64_threads_racing_never_pass_the_cap(guard: InProcessSpendGuard, money:
     assert start + sum(settled) <= cap
     assert guard.reserved("acme") == 0
     assert len(settled) >= 20  # at least the 20 worst cases that fit at once
+
+
+def test_the_month_is_the_utc_month_and_usd_is_the_wire_format() -> None:
+    """One ``period_of`` and one ``format_usd`` (firebox.money_state) for billing and limits."""
+    from firebox.billing import money, pricing
+
+    evening = datetime(2026, 3, 31, 23, 30, tzinfo=timezone(timedelta(hours=-2)))
+    assert period_of(evening) == "2026-04"  # 01:30 UTC on April 1st
+    assert pricing.period_of is period_of and money.format_usd is format_usd
+    assert [format_usd(m) for m in (50_000_000, 1_500, -500_000, 0)] == [
+        "50.00",
+        "0.0015",
+        "-0.50",
+        "0.00",
+    ]
+    money_source, clock = FakeMoney(), FakeClock(evening)
+    money_source.set("acme", period="2026-04", usage=0, limit=100)
+    guard = InProcessSpendGuard(money_source, clock)
+    held = asyncio.run(guard.reserve("acme", 10))
+    assert isinstance(held, Reservation) and held.period == "2026-04"

@@ -18,8 +18,18 @@ import re
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from firebox.errors import InvalidArgument
+from firebox.money_state import MICROS_PER_USD, format_usd  # one of each, shared with limits
 
-MICROS_PER_USD = 1_000_000
+__all__ = [
+    "MICROS_PER_CENT",
+    "MICROS_PER_USD",
+    "cents_up",
+    "divide_half_even",
+    "format_usd",
+    "parse_usd",
+    "round_half_even_micros",
+]
+
 MICROS_PER_CENT = 10_000
 _DECIMAL = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 
@@ -46,14 +56,6 @@ def parse_usd(text: str, param: str, *, allow_negative: bool = False) -> int:
             param=param,
         )
     return int(micros)
-
-
-def format_usd(micros: int) -> str:
-    """A micro-USD amount as decimal USD with at least two decimals ("1.00", "-0.50")."""
-    sign = "-" if micros < 0 else ""
-    whole, fraction = divmod(abs(micros), MICROS_PER_USD)
-    digits = f"{fraction:06d}".rstrip("0").ljust(2, "0")
-    return f"{sign}{whole}.{digits}"
 
 
 def round_half_even_micros(amount: Decimal) -> int:

@@ -26,7 +26,7 @@ costs nothing per token: the deployment's GPU time is billed instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from firebox.billing.money import divide_half_even
 from firebox.billing.overrides import OverrideSource
@@ -35,6 +35,18 @@ from firebox.clock import Clock, SystemClock
 from firebox.errors import FailedPrecondition
 from firebox.inference.admission import Demand
 from firebox.inference.metering import UsageRecord
+from firebox.money_state import period_of  # one of it, shared with limits
+
+__all__ = [
+    "BPS",
+    "MS_PER_HOUR",
+    "PER_MILLION",
+    "TOKENS_PER_IMAGE",
+    "PricedUsage",
+    "Pricer",
+    "not_priced",
+    "period_of",  # re-exported from firebox.money_state
+]
 
 TOKENS_PER_IMAGE = 576
 PER_MILLION = 1_000_000
@@ -52,12 +64,6 @@ class PricedUsage:
     cached_unit_price_micros: int  # per 1M cached prompt tokens (rounded, for display)
     amount_micros: int
     period: str  # "YYYY-MM", UTC, of the record's time
-
-
-def period_of(when: datetime) -> str:
-    """The billing month ("YYYY-MM", UTC) that ``when`` falls in."""
-    utc = when.astimezone(UTC)
-    return f"{utc.year:04d}-{utc.month:02d}"
 
 
 def not_priced(model: str, detail: str) -> FailedPrecondition:

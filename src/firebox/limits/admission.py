@@ -8,7 +8,9 @@ In order (ARCHITECTURE "one request, end to end", step 3):
    set them) — never for on-demand deployments nor unlimited plans;
 3. a spend reservation of the request's worst-case cost; a refusal is a 402,
    and a refusal that no other request caused (``Refusal.hard``) also
-   suspends the account for its reason.
+   suspends the account for its reason — unless the request could never fit
+   at all (``Refusal.oversized``: its worst case alone passes the cap), which
+   is refused as ``request_exceeds_spend_limit`` and suspends nothing.
 
 The platform operator is never limited. The ticket carries the rate-limit
 headers and settles the reservation once, to the priced usage;
@@ -58,6 +60,7 @@ from firebox.limits.rate_limiter import (
 from firebox.limits.redis_spend_guard import RedisSpendGuard
 from firebox.limits.spend_guard import Refusal, Reservation, SpendGuard
 from firebox.limits.suspension import SuspensionService
+from firebox.money_state import format_usd
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +101,51 @@ def suspended(account_id: str, reason: str) -> PaymentRequired:
     )
 
 
-def spend_refused(account_id: str, refusal: Refusal) -> PaymentRequired:
-    """The 402 for a request whose worst-case cost does not fit under the account's cap."""
-    usd = f"${refusal.limit_micros // 1_000_000}.{refusal.limit_micros % 1_000_000:06d}"
+_RAISE_LIMIT = {
+    Reason.MONTHLY_SPEND_LIMIT_EXCEEDED: "raise the account's spend limit (accountSpendLimit) "
+    "or buy credits to reach a higher usage tier",
+    Reason.CREDIT_DEPLETED: "add a payment method or buy credits",
+}
+_LIFT = {
+    Reason.MONTHLY_SPEND_LIMIT_EXCEEDED: "raise the account's spend limit (accountSpendLimit), "
+    "buy credits to reach a higher usage tier, or wait for the month to roll over (UTC)",
+    Reason.CREDIT_DEPLETED: "add a payment method or buy credits",
+}
+_CAP_NAMES = {
+    Reason.MONTHLY_SPEND_LIMIT_EXCEEDED: "monthly spend limit",
+    Reason.CREDIT_DEPLETED: "credit",
+}
+
+
+def spend_refused(account_id: str, refusal: Refusal, worst_micros: int) -> PaymentRequired:
+    """The 402 for a request whose worst-case cost does not fit under the account's cap.
+
+    Three cases, three messages: a request that could never fit (not
+    suspended: a smaller one fits), one that does not fit what is left of
+    the month (the account is suspended: say what lifts it), and one that
+    only does not fit beside the requests in flight (retry, or reserve less).
+    """
+    worst, cap = f"${format_usd(worst_micros)}", f"${format_usd(refusal.limit_micros)}"
+    what = _CAP_NAMES[refusal.reason]
+    if refusal.oversized:
+        return PaymentRequired(
+            f"This request could cost up to {worst}, more than account {account_id!r}'s whole "
+            f"{what} of {cap} this month, so it can never run as sent. Lower max_tokens (or n) "
+            f"so its worst case fits, or {_RAISE_LIMIT[refusal.reason]}.",
+            code="request_exceeds_spend_limit",
+        )
+    if refusal.hard:
+        return PaymentRequired(
+            f"Account {account_id!r} is suspended: what is left of its {what} of {cap} this "
+            f"month cannot cover this request's worst case of {worst}. To lift the "
+            f"suspension, {_LIFT[refusal.reason]}.",
+            code=_CODES[refusal.reason],
+        )
     return PaymentRequired(
-        f"This request could cost more than account {account_id!r} may still spend this "
-        f"month (cap {usd}): {_WHAT_LIFTS[refusal.reason]}. Lowering max_tokens reserves less.",
+        f"This request could cost up to {worst}, which does not fit under account "
+        f"{account_id!r}'s {what} of {cap} this month beside its requests in flight "
+        f"(${format_usd(refusal.used_micros)} used or held). Retry when they finish, or "
+        "lower max_tokens (or n) to reserve less.",
         code=_CODES[refusal.reason],
     )
 
@@ -180,9 +222,9 @@ class Enforcement:
         assert held is not None
         if isinstance(held, Refusal):
             self._count("spend_refused")
-            if held.hard:
+            if held.hard and not held.oversized:
                 await self._suspend(account, held)
-            raise spend_refused(account, held)
+            raise spend_refused(account, held, worst)
         self._count("admitted")
         headers: dict[str, str] = {}
         for check, decision in zip(checks, decisions, strict=True):
@@ -332,4 +374,16 @@ class EnforcedTicket:
             if self._tokens_key is not None and usage.completion_tokens:
                 await owner._limiter.add(self._tokens_key, usage.completion_tokens)
         except Exception:
-            log.exception("settling reservation %s failed", self._reservation.id)
+            log.exception("settling reservation %s failed; releasing it", self._reservation.id)
+            await self._release_after_failure()
+
+    async def _release_after_failure(self) -> None:
+        """Drop the hold of a settlement that failed (pricing, say), not leave it 15 min.
+
+        The usage itself reaches the ledger on its own path; a release after a
+        settlement that did go through changes nothing (it is gone already).
+        """
+        try:
+            await self._enforcement._guard.release(self._reservation)
+        except Exception:
+            log.exception("releasing reservation %s failed", self._reservation.id)

@@ -31,6 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from firebox.clock import Clock
+from firebox.limits.outage import Outage
 from firebox.limits.redis_scripts import REFUND, SLIDING_WINDOW
 
 log = logging.getLogger("firebox.limits.rate_limiter")
@@ -276,8 +277,7 @@ class RedisRateLimiter:
         self._fallback = fallback
         self._replicas = max(1, replicas_hint)
         self._prefix = key_prefix
-        self._cooldown = timedelta(seconds=cooldown_s)
-        self._down_until: datetime | None = None
+        self._outage = Outage(timedelta(seconds=cooldown_s))
         self._on_fallback = on_fallback
         self.fallback_checks = 0
         self.outages = 0
@@ -285,7 +285,7 @@ class RedisRateLimiter:
     @property
     def degraded(self) -> bool:
         """Whether the last attempt to reach Redis failed."""
-        return self._down_until is not None
+        return self._outage.degraded
 
     def share(self, limit: int) -> int:
         """This replica's part of ``limit`` while Redis is unreachable."""
@@ -346,11 +346,11 @@ class RedisRateLimiter:
 
     def available(self, now: datetime) -> bool:
         """Whether to try Redis at ``now`` (not within the cool-down of a failure)."""
-        return self._down_until is None or now >= self._down_until
+        return self._outage.available(now)
 
     def went_down(self, exc: BaseException, now: datetime) -> None:
         """Record a failed call: warn once per outage, answer from memory for the cool-down."""
-        if self._down_until is None:
+        if self._outage.failed(now):
             self.outages += 1
             log.warning(
                 "Redis is unreachable for rate limiting (%s); each replica now enforces "
@@ -358,13 +358,11 @@ class RedisRateLimiter:
                 exc,
                 self._replicas,
             )
-        self._down_until = now + self._cooldown
 
     def reached(self) -> None:
         """Record a successful call (ends an outage)."""
-        if self._down_until is not None:
+        if self._outage.reached():
             log.warning("Redis is reachable again: rate limits are shared across replicas.")
-            self._down_until = None
 
     def _fell_back(self) -> None:
         self.fallback_checks += 1

@@ -129,8 +129,15 @@ return 0
 # ARGV[1..8]: ledger, resync(0/1), worst, cap (-1 = none), now_ms, expiry_ms, id, key_ttl_s.
 # ``committed`` is seeded from the ledger only when the hash is missing.
 # Returns {admitted (0/1), committed, reserved (after), reservations expired now}.
+# Idempotent by reservation id: the client retries a call once after a timeout even if
+# the script already ran, so when ``r:<id>`` exists this is that retry: it answers
+# "admitted" again and holds nothing more.
 _SPEND = """
 local function reserve_spend(h, z)
+  if redis.call('HEXISTS', h, 'r:' .. ARGV[7]) == 1 then
+    local c = tonumber(redis.call('HGET', h, 'committed'))
+    return {1, c, tonumber(redis.call('HGET', h, 'reserved')), 0}
+  end
   redis.call('HSETNX', h, 'committed', ARGV[1])
   redis.call('HSETNX', h, 'reserved', '0')
   local worst = tonumber(ARGV[3])
@@ -170,12 +177,26 @@ RESERVE = _SPEND + "\nreturn reserve_spend(KEYS[1], KEYS[2])\n"
 #             then per check (KEYS[i]): ARGV[2i+6] limit, ARGV[2i+7] amount
 # Returns {0, check index (1-based), used, reset, retry} when a check refuses (nothing
 # written); else {1, admitted, committed, reserved, expired, then used, reset, retry per
-# check} — the counters counted only when admitted.
+# check} — the counters counted only when admitted. A retry of a call that admitted
+# (its reservation ``r:<id>`` exists) counts nothing again and admits again: the
+# reservation id is the request's marker.
 ADMIT = (
     _WINDOW
     + _SPEND
     + """
 local now, wnd, ttl = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+if redis.call('HEXISTS', KEYS[1], 'r:' .. ARGV[7]) == 1 then
+  local spend = reserve_spend(KEYS[1], KEYS[2])
+  local out = {1, spend[1], spend[2], spend[3], spend[4]}
+  for i = 3, #KEYS do
+    local limit, amount = tonumber(ARGV[2 * i + 6]), tonumber(ARGV[2 * i + 7])
+    local a = answer(load_window(KEYS[i], now, wnd, false), now, wnd, limit, amount, 1)
+    out[#out + 1] = a[2]
+    out[#out + 1] = a[3]
+    out[#out + 1] = a[4]
+  end
+  return out
+end
 local windows = {}
 for i = 3, #KEYS do
   local limit, amount = tonumber(ARGV[2 * i + 6]), tonumber(ARGV[2 * i + 7])

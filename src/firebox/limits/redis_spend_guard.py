@@ -15,6 +15,14 @@ forgotten by such a restart, so for that short window a month may overshoot
 its cap by what was in flight; it never does while Redis is up. On a snapshot
 refresh ``committed`` is also raised to the ledger's figure if that is higher.
 
+Every script is idempotent by reservation id, because the client retries a
+call once after a timeout even when Redis already ran it: a reserve whose
+``r:<id>`` exists answers "admitted" and holds nothing more; settle and
+release change nothing once the reservation is gone. So a settlement that
+comes after its reservation expired (a request running past the TTL) or
+after a Redis restart is counted by the ledger, not here: the next snapshot
+refresh (at most ``SNAPSHOT_MAX_AGE`` later) raises ``committed`` to it.
+
 ``reserve_checked`` is admission's single round trip when the rate limiter
 shares this Redis: ``redis_scripts.ADMIT`` checks the rate counters, reserves,
 and counts the rate only if the reservation was made.
@@ -27,7 +35,8 @@ never runs expires with its reservation's TTL; its usage is in the ledger).
 
 When Redis fails, the guard falls back to a per-replica
 ``InProcessSpendGuard`` (counted in ``fallbacks``) and tries Redis again
-after ``retry_s``; the cap then holds per replica, not across them.
+after ``retry_s`` (on the injected clock); the cap then holds per replica,
+not across them.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from redis.exceptions import RedisError
 
 from firebox.clock import Clock
 from firebox.limits.hooks import Reason
+from firebox.limits.outage import Outage
 from firebox.limits.ports import MoneySource, SpendState
 from firebox.limits.rate_limiter import (
     KEY_TTL_S as RATE_KEY_TTL_S,
@@ -67,9 +77,10 @@ from firebox.limits.spend_guard import (
     Reservation,
     SnapshotCache,
     ledger_usage,
-    period_of,
+    refusal,
     spend_cap,
 )
+from firebox.money_state import period_of
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +91,21 @@ redis.call('HSETNX', KEYS[1], 'committed', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'reserved', '0')
 """
 
-# ARGV: ledger, id, actual, key_ttl_s
+# ARGV: ledger, id, actual, key_ttl_s. Counts only while the reservation is open, so a
+# retried call (the client retries once after a timeout, even if the script ran)
+# counts the cost once; see the module docstring for a reservation already gone.
 SETTLE = (
     _SEED
     + """
 local h, z = KEYS[1], KEYS[2]
 local m = redis.call('HGET', h, 'r:' .. ARGV[2])
-if m then
-  redis.call('HDEL', h, 'r:' .. ARGV[2])
-  redis.call('ZREM', z, ARGV[2])
-  redis.call('HINCRBY', h, 'reserved', '-' .. m)
+if not m then
+  local committed = tonumber(redis.call('HGET', h, 'committed'))
+  return {committed, tonumber(redis.call('HGET', h, 'reserved'))}
 end
+redis.call('HDEL', h, 'r:' .. ARGV[2])
+redis.call('ZREM', z, ARGV[2])
+redis.call('HINCRBY', h, 'reserved', '-' .. m)
 local committed = redis.call('HINCRBY', h, 'committed', ARGV[3])
 local reserved = tonumber(redis.call('HGET', h, 'reserved'))
 redis.call('EXPIRE', h, ARGV[4])
@@ -98,7 +113,7 @@ return {committed, reserved}
 """
 )
 
-# ARGV: id
+# ARGV: id. Does nothing once the reservation is gone (so a retry releases once).
 RELEASE = """
 local m = redis.call('HGET', KEYS[1], 'r:' .. ARGV[1])
 if m then
@@ -145,7 +160,6 @@ class RedisSpendGuard:
         self._clock = clock
         self._ttl = ttl
         self._prefix = key_prefix
-        self._retry_s = retry_s
         self._snapshots = SnapshotCache(money, clock)
         self._fallback = fallback or InProcessSpendGuard(
             money, clock, ttl=ttl, snapshots=self._snapshots
@@ -161,7 +175,7 @@ class RedisSpendGuard:
         self._release = self._client.register_script(RELEASE)
         self._admit = self._client.register_script(ADMIT)
         self.redis_url = redis_url
-        self._down_until = 0.0
+        self._outage = Outage(timedelta(seconds=retry_s))
         self._deferred: set[asyncio.Task[None]] = set()  # strong references until done
         self.fallbacks = 0  # Redis failures that sent calls to the per-replica fallback
         self.expired = 0  # leaked reservations dropped after their TTL
@@ -278,8 +292,7 @@ class RedisSpendGuard:
             log.warning("%d reservation(s) of %s expired unsettled", expired, account_id)
         if not admitted:
             assert cap is not None
-            hard = committed + worst_micros > cap
-            return Refusal(reason, cap, committed + reserved, hard, period)
+            return refusal(reason, cap, committed, reserved, worst_micros, period)
         return Reservation(reservation_id, account_id, period, worst_micros, shared=True)
 
     async def settle(self, reservation: Reservation, actual_micros: int) -> Refusal | None:
@@ -357,13 +370,9 @@ class RedisSpendGuard:
         self._sync.close()
 
     def _is_down(self) -> bool:
-        return time.monotonic() < self._down_until
+        return not self._outage.available(self._clock.now())
 
     def _went_down(self, exc: BaseException) -> None:
         self.fallbacks += 1
-        self._down_until = time.monotonic() + self._retry_s
-        log.warning(
-            "Redis spend guard failed (%s); using per-replica counters for %.0f s",
-            exc,
-            self._retry_s,
-        )
+        self._outage.failed(self._clock.now())
+        log.warning("Redis spend guard failed (%s); using per-replica counters for now", exc)

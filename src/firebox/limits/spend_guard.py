@@ -34,6 +34,7 @@ from typing import Protocol
 from firebox.clock import Clock
 from firebox.limits.hooks import Reason
 from firebox.limits.ports import MoneySource, SpendState
+from firebox.money_state import period_of
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class Refusal:
     suspension reason (for ``period``). A soft refusal (only other open
     reservations make it not fit) is refused with the same error but
     suspends nothing. ``used_micros`` counts settled and reserved money.
+    ``oversized`` means the request could never fit: its worst case alone is
+    more than the cap while some of the cap is still left; the caller refuses
+    it without suspending (a smaller request would still be admitted).
     """
 
     reason: Reason
@@ -72,6 +76,15 @@ class Refusal:
     used_micros: int
     hard: bool
     period: str
+    oversized: bool = False
+
+
+def refusal(
+    reason: Reason, cap: int, committed: int, reserved: int, worst: int, period: str
+) -> Refusal:
+    """The refusal of a reservation of ``worst`` that did not fit (both backends)."""
+    oversized = worst > cap and committed < cap
+    return Refusal(reason, cap, committed + reserved, committed + worst > cap, period, oversized)
 
 
 class SpendGuard(Protocol):
@@ -96,11 +109,6 @@ class SpendGuard(Protocol):
     def money_changed(self, account_id: str) -> None:
         """Forget the cached money snapshot of the account (limit, credits changed)."""
         ...
-
-
-def period_of(when: datetime) -> str:
-    """The billing month of ``when``: "YYYY-MM" (UTC)."""
-    return when.strftime("%Y-%m")
 
 
 def spend_cap(state: SpendState, period: str) -> tuple[int | None, Reason]:
@@ -222,8 +230,7 @@ class InProcessSpendGuard:
             self._purge(month, now)
             used = month.committed + month.reserved
             if cap is not None and used + worst_micros > cap:
-                hard = month.committed + worst_micros > cap
-                return Refusal(reason, cap, used, hard, period)
+                return refusal(reason, cap, month.committed, month.reserved, worst_micros, period)
             reservation = Reservation(uuid.uuid4().hex, account_id, period, worst_micros)
             month.open[reservation.id] = (worst_micros, now + self._ttl)
             month.reserved += worst_micros

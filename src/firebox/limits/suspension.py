@@ -19,9 +19,8 @@ month) or the limit rises; ``CREDIT_DEPLETED`` when a payment method is added
 or credits are bought or granted. ``FAILED_PAYMENTS`` is there exactly while
 a payment has failed. Only the operator raises or lifts ``BLOCKED_BY_ABUSE_RULE``.
 
-Admission reads ``reasons_cached`` (no I/O) on the hot path and falls back
-to ``reasons_async``, which reads the database in a worker thread on a miss
-(one indexed query, at most once per ``cache_ttl_s`` per account).
+Admission reads ``reasons_cached`` (no I/O) on the hot path, else ``reasons_async``:
+the database in a worker thread (one indexed query, once per ``cache_ttl_s``).
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ from firebox.limits import suspension_repository as repo
 from firebox.limits.hooks import Reason, SuspensionHooks
 from firebox.limits.models import SuspensionReasonRow
 from firebox.limits.ports import MoneySource
-from firebox.limits.spend_guard import ledger_usage, period_of
+from firebox.limits.spend_guard import ledger_usage
 from firebox.limits.suspension_repository import (
     CapRecord,
     cap_beaten,
@@ -51,6 +50,7 @@ from firebox.limits.suspension_repository import (
     decode_detail,
     encode_detail,
 )
+from firebox.money_state import period_of
 from firebox.store.database import Database
 from firebox.wire import WireModel
 
