@@ -29,6 +29,7 @@ def test_first_start_shows_new_keys_and_examples(tmp_path: Path) -> None:
     )
     assert 'OpenAI(base_url="http://127.0.0.1:9123/inference/v1", api_key="fb_demo_1")' in text
     assert "firebox list users --account demo" in text
+    assert "firebox get billing --account demo" in text
 
 
 def test_restart_reads_saved_keys(tmp_path: Path) -> None:

@@ -78,6 +78,7 @@ def examples(url: str, key: str | None) -> dict[str, list[str]]:
             """-H 'content-type: application/json' -d '{"model": "firebox-tiny", """
             """"messages": [{"role": "user", "content": "What color is the sky?"}]}'""",
             f"{env}firebox list users --account {DEMO_ACCOUNT}",
+            f"{env}firebox get billing --account {DEMO_ACCOUNT}   # $1 of free credit",
         ],
         "Python (pip install openai):": [
             "from openai import OpenAI",
