@@ -162,16 +162,18 @@ def create_payment_method(
     call.printer().resource(created)
 
 
+def _list(call: Call, collection: str, columns: tuple[Column, ...]) -> None:
+    """Print every item of the account's ``collection`` (all pages) as a table or JSON."""
+    with call.client() as api:
+        listing = api.list_all(account_path(call.account(), collection), collection)
+    call.printer().listing(listing.items, columns, field=collection, total_size=listing.total_size)
+
+
 def list_payment_methods(
     ctx: typer.Context, account: AccountOption = None, output: OutputOption = None
 ) -> None:
     """List the payment methods on file."""
-    call = Call.of(ctx, account=account, output=output)
-    with call.client() as api:
-        listing = api.list_all(account_path(call.account(), "paymentMethods"), "paymentMethods")
-    call.printer().listing(
-        listing.items, PAYMENT_METHOD_COLUMNS, field="paymentMethods", total_size=listing.total_size
-    )
+    _list(Call.of(ctx, account=account, output=output), "paymentMethods", PAYMENT_METHOD_COLUMNS)
 
 
 def delete_payment_method(
@@ -214,12 +216,7 @@ def list_credits(
     ctx: typer.Context, account: AccountOption = None, output: OutputOption = None
 ) -> None:
     """List credit grants: the free credit, purchases and operator grants."""
-    call = Call.of(ctx, account=account, output=output)
-    with call.client() as api:
-        listing = api.list_all(account_path(call.account(), "credits"), "credits")
-    call.printer().listing(
-        listing.items, CREDIT_COLUMNS, field="credits", total_size=listing.total_size
-    )
+    _list(Call.of(ctx, account=account, output=output), "credits", CREDIT_COLUMNS)
 
 
 def grant_credits(
@@ -248,12 +245,7 @@ def list_invoices(
     ctx: typer.Context, account: AccountOption = None, output: OutputOption = None
 ) -> None:
     """List invoices, newest month first."""
-    call = Call.of(ctx, account=account, output=output)
-    with call.client() as api:
-        listing = api.list_all(account_path(call.account(), "invoices"), "invoices")
-    call.printer().listing(
-        listing.items, INVOICE_COLUMNS, field="invoices", total_size=listing.total_size
-    )
+    _list(Call.of(ctx, account=account, output=output), "invoices", INVOICE_COLUMNS)
 
 
 InvoiceArgument = Annotated[str, typer.Argument(metavar="ID", help="Id from list invoices.")]
