@@ -351,3 +351,19 @@ def test_catalog_files_load_only_servable_addons(services: Services, tmp_path: P
     )
     with pytest.raises(CatalogFileError, match=r"models\[1\].*no engine bound"):
         load_catalogs(services.catalog, [write(tmp_path, unbound)])
+
+
+def test_loading_claims_the_deployed_models_quota(
+    client: TestClient, operator_headers: dict[str, str], members: Members, catalog: None
+) -> None:
+    """SPEC §5: a load beyond the quota is refused naming it; an unload frees a unit."""
+    quota = "/v1/accounts/acme/quotas/deployed-models"
+    ok(client.patch(quota, json={"value": 1}, headers=operator_headers))
+    ok(load(client, members.acme_user, "acme", ACME_ADDON))
+    assert ok(client.get(quota, headers=members.acme_user))["usage"] == 1
+    error = error_of(load(client, members.acme_user, "acme", PUBLIC_ADDON), 400)
+    assert error["code"] == "quota_exceeded" and "deployed-models" in error["message"]
+    unloaded = client.delete("/v1/accounts/acme/deployedModels/sql", headers=members.acme_user)
+    assert unloaded.status_code == 200, unloaded.text
+    assert ok(client.get(quota, headers=members.acme_user))["usage"] == 0
+    ok(load(client, members.acme_user, "acme", PUBLIC_ADDON))
