@@ -71,6 +71,7 @@ class BillingService:
     ) -> None:
         self._db = db
         self._clock = clock
+        self._open: set[str] = set()  # accounts whose books are known to be open
         self._pricer = pricer
         self._book = pricer.book
         self._listener = listener
@@ -97,15 +98,23 @@ class BillingService:
     # -- accounts ------------------------------------------------------------------
 
     def open_account(self, account_id: str) -> None:
-        """Create the account's billing row and its free $1 grant, once; idempotent."""
+        """Create the account's billing row and its free $1 grant, once; idempotent.
+
+        Accounts seen open are remembered, so the reads that call this (and the
+        spend guard's snapshot refreshes) pay for the check once per replica.
+        """
+        if account_id in self._open:
+            return
         for attempt in range(3):
             try:
                 with self._db.transaction() as session:
                     if repo.grant_by_reference(session, credits.free_reference(account_id)):
+                        self._open.add(account_id)
                         return  # opened before: the row and the free grant exist
                     if repo.get_account(session, account_id) is None:
                         raise account_not_found(account_id)
                     credits.ensure_account(session, account_id, self._clock.now())
+                self._open.add(account_id)
                 return
             except IntegrityError:
                 if attempt == 2:
