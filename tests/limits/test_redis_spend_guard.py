@@ -105,7 +105,7 @@ def test_restart_reseeds_from_the_ledger_and_refresh_resyncs() -> None:
         await guard.settle(r, 10)
         assert guard.committed("acme") == 50
         # Redis lost everything: the count starts again from the ledger's figure.
-        await guard._client.delete(*guard.keys("acme", "2026-03"))
+        await guard._client.execute("DEL", *guard.keys("acme", "2026-03"))
         money.update("acme", period_usage_micros=45)
         guard.money_changed("acme")
         r = await guard.reserve("acme", 0)
@@ -237,7 +237,7 @@ def test_a_retried_script_counts_once() -> None:
             return Reservation(rid, "acme", "2026-03", worst, shared=True)
 
         async def counters() -> tuple[int, int]:
-            values = await guard._client.hmget(keys[0], ["committed", "reserved"])
+            values = await guard._client.execute("HMGET", keys[0], "committed", "reserved")
             return int(values[0]), int(values[1])
 
         settled = await reserve_twice("rid-settled", 30)

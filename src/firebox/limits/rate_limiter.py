@@ -11,7 +11,8 @@ Counters are keyed by a string: an account id for requests, plus a suffix
 for the optional token limits. ``InProcessRateLimiter`` keeps a ring of 60
 counters per key under a lock (embedded mode, one replica).
 ``RedisRateLimiter`` shares them across replicas with one atomic Lua call per
-check (``redis_scripts.SLIDING_WINDOW``); if Redis is unreachable it falls
+check (``redis_scripts.SLIDING_WINDOW``, over ``redis_wire``'s pipelined
+connection); if Redis is unreachable it falls
 back to the in-process limiter with this replica's share of the limit, and
 tries Redis again after a short cool-down.
 """
@@ -25,14 +26,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from firebox.clock import Clock
 from firebox.limits.outage import Outage
 from firebox.limits.redis_scripts import REFUND, SLIDING_WINDOW
+from firebox.limits.redis_wire import ScriptClient
 
 log = logging.getLogger("firebox.limits.rate_limiter")
 
@@ -264,12 +263,7 @@ class RedisRateLimiter:
     ) -> None:
         # One immediate retry (a pooled connection Redis closed is reopened), no
         # backoff: an outage must cost a check at most two timeouts, not seconds.
-        self._client = aioredis.Redis.from_url(
-            redis_url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self._client = ScriptClient(redis_url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
         self._script = self._client.register_script(SLIDING_WINDOW)
         self._refund = self._client.register_script(REFUND)
         self.redis_url = redis_url

@@ -51,9 +51,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from firebox.clock import Clock
@@ -70,6 +67,7 @@ from firebox.limits.rate_limiter import (
     RedisRateLimiter,
 )
 from firebox.limits.redis_scripts import ADMIT, RESERVE
+from firebox.limits.redis_wire import ScriptClient
 from firebox.limits.spend_guard import (
     DEFAULT_TTL,
     InProcessSpendGuard,
@@ -164,11 +162,9 @@ class RedisSpendGuard:
         self._fallback = fallback or InProcessSpendGuard(
             money, clock, ttl=ttl, snapshots=self._snapshots
         )
-        # One pooled connection serves a process (calls are one round trip each);
-        # a closed one is retried once at once, never with a backoff.
-        self._client = aioredis.Redis.from_url(
-            redis_url, socket_timeout=1.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 1)
-        )
+        # One pipelined connection serves a process (calls are one round trip each);
+        # a failed call is retried once at once on a new one, never with a backoff.
+        self._client = ScriptClient(redis_url, timeout_s=1.0, connect_timeout_s=1.0)
         self._sync = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._reserve = self._client.register_script(RESERVE)
         self._settle = self._client.register_script(SETTLE)
