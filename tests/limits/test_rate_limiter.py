@@ -195,12 +195,28 @@ async def test_redis_and_memory_decide_alike(clock: FakeClock) -> None:
     shared = RedisRateLimiter(REDIS_URL, clock, InProcessRateLimiter(clock), 1, key_prefix=prefix)
     local = InProcessRateLimiter(clock)
     rng = random.Random(7)
+    counted: list[tuple[int, int]] = []  # (second, amount) of admitted hits, for refunds
     try:
-        for _ in range(1500):
-            amount = rng.choice([0, 1, 1, 1, 3, 9])
-            limit = 50
-            assert await shared.hit("k", limit, amount) == await local.hit("k", limit, amount)
-            clock.advance(timedelta(milliseconds=rng.choice([0, 10, 300, 900, 4000])))
+        for _ in range(3000):
+            op = rng.choices(["hit", "add", "refund", "used"], weights=[85, 5, 7, 3])[0]
+            if op == "hit":
+                amount, limit = rng.choice([0, 1, 1, 1, 3, 9]), 50
+                decision = await shared.hit("k", limit, amount)
+                assert decision == await local.hit("k", limit, amount)
+                if decision.allowed and amount:
+                    counted.append((int(clock.now().timestamp()), amount))
+            elif op == "add":
+                amount = rng.choice([1, 5])
+                await shared.add("k", amount)
+                await local.add("k", amount)
+            elif op == "refund" and counted:
+                second, amount = rng.choice(counted)
+                take = rng.choice([1, amount, amount + 2])
+                await shared.refund("k", take, second)
+                await local.refund("k", take, second)
+            assert await shared.used("k") == await local.used("k")
+            gap_ms = rng.choice([0, 0, 10, 300, 900, 4000, 15000, 59000, 61000, 125000])
+            clock.advance(timedelta(milliseconds=gap_ms))
         assert shared.fallback_checks == 0
     finally:
         await shared.aclose()

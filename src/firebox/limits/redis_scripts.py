@@ -1,8 +1,8 @@
-"""Lua sources run atomically by Redis; registered with redis-py's ``register_script``.
+"""Lua sources run atomically by Redis, through ``redis_wire.ScriptClient``.
 
-Each script is one round trip (``EVALSHA``, with redis-py reloading it on
-``NOSCRIPT``). Time is passed in by the caller, from its injected clock, so
-Redis' own clock never matters and tests with a fake clock work.
+Each script is one round trip (``EVALSHA``, sent as ``EVAL`` on ``NOSCRIPT``).
+Time is passed in by the caller, from its injected clock, so Redis' own clock
+never matters and tests with a fake clock work.
 
 ``SLIDING_WINDOW`` keeps one hash per counter: field = unix second, value =
 what was counted in that second. It mirrors ``rate_limiter.decide`` exactly
@@ -19,67 +19,193 @@ runs; a cluster would need the account's counters under the spend hash tag.
 
 from __future__ import annotations
 
-# The sliding window, as Lua functions shared by SLIDING_WINDOW and ADMIT.
-# load_window: the buckets of KEYS[i] inside the window (stale ones deleted if ``prune``).
-# count: adds ``amount`` to bucket ``now``. answer: {allowed, used, reset, retry (-1: never)}.
+# The sliding window, as Lua functions shared by SLIDING_WINDOW, REFUND and ADMIT.
+#
+# A counter's hash holds one field per unix second (what was counted in it)
+# and three bookkeeping fields: ``_t`` the sum of those buckets, ``_at`` the
+# latest second the window was moved to, ``_o`` the oldest second whose
+# bucket is not zero (absent: look it up). Invariant: only buckets of the
+# seconds ``_at - 59 .. _at`` exist and ``_t`` is their sum. So a check in the
+# same second as the last one reads three fields and writes two (no bucket
+# scan: with a full window the scan cost ~100 µs of Redis time per call), and
+# moving the window deletes only the buckets that left it. The bucket list is
+# read whole only for a refusal's Retry-After.
+#
+# window(key, now): the counter moved to max(now, _at) (a replica whose clock is
+# behind counts in the latest second, which only keeps it in the window longer);
+# a missing ``_at`` (a new key, or one written before these fields) is rebuilt
+# from the buckets. count(key, w, amount) adds to the current bucket.
+# allowed_answer / refused_answer: {allowed, used, reset, retry (-1: never)},
+# exactly as ``rate_limiter.decide`` computes them for the caller's ``now``.
 _WINDOW = """
-local function load_window(key, now, wnd, prune)
-  local oldest = now - wnd + 1
-  local flat = redis.call('HGETALL', key)
-  local w = {total = 0, secs = {}, counts = {}}
-  local stale = {}
-  for i = 1, #flat, 2 do
-    local sec = tonumber(flat[i])
-    if sec < oldest then
-      stale[#stale + 1] = flat[i]
-    else
-      local n = tonumber(flat[i + 1])
-      w.total = w.total + n
-      w.secs[#w.secs + 1] = sec
-      w.counts[sec] = n
+local WND = 60
+
+local function is_second(field)
+  return string.sub(field, 1, 1) ~= '_'
+end
+
+local function first_nonzero(key, from, to)
+  if to < from then
+    return nil
+  end
+  local fields = {}
+  for sec = from, to do
+    fields[#fields + 1] = tostring(sec)
+  end
+  local values = redis.call('HMGET', key, unpack(fields))
+  for i = 1, #fields do
+    if values[i] and tonumber(values[i]) > 0 then
+      return from + i - 1
     end
   end
-  if prune and #stale > 0 then
+  return nil
+end
+
+local function rebuild(key, now)
+  local flat = redis.call('HGETALL', key)
+  local w = {t = 0, at = now, o = nil, dirty = true}
+  local stale = {}
+  for i = 1, #flat, 2 do
+    if is_second(flat[i]) then
+      local sec = tonumber(flat[i])
+      if sec > w.at then
+        w.at = sec
+      end
+    end
+  end
+  for i = 1, #flat, 2 do
+    if is_second(flat[i]) then
+      local sec = tonumber(flat[i])
+      if sec < w.at - WND + 1 then
+        stale[#stale + 1] = flat[i]
+      else
+        local n = tonumber(flat[i + 1])
+        w.t = w.t + n
+        if n > 0 and (w.o == nil or sec < w.o) then
+          w.o = sec
+        end
+      end
+    end
+  end
+  if #stale > 0 then
     redis.call('HDEL', key, unpack(stale))
   end
   return w
 end
 
-local function count(key, w, now, amount, ttl)
-  redis.call('HINCRBY', key, tostring(now), amount)
-  redis.call('EXPIRE', key, ttl)
-  if w.counts[now] == nil then
-    w.secs[#w.secs + 1] = now
-    w.counts[now] = 0
+local function window(key, now)
+  local m = redis.call('HMGET', key, '_t', '_at', '_o')
+  local w
+  if m[2] then
+    w = {t = tonumber(m[1]), at = tonumber(m[2]), o = m[3] and tonumber(m[3]) or nil, dirty = false}
+  elseif redis.call('EXISTS', key) == 1 then
+    w = rebuild(key, now)
+  else
+    return {t = 0, at = now, o = nil, dirty = false, new = true}
   end
-  w.counts[now] = w.counts[now] + amount
-  w.total = w.total + amount
+  if now > w.at then
+    local from, to = w.at - WND + 1, now - WND
+    if to >= w.at then
+      redis.call('DEL', key)
+      w.t, w.o = 0, nil
+    elseif to >= from then
+      local fields = {}
+      for sec = from, to do
+        fields[#fields + 1] = tostring(sec)
+      end
+      local values = redis.call('HMGET', key, unpack(fields))
+      for i = 1, #fields do
+        if values[i] then
+          w.t = w.t - tonumber(values[i])
+        end
+      end
+      redis.call('HDEL', key, unpack(fields))
+    end
+    w.at = now
+    w.dirty = true
+  end
+  if w.t <= 0 then
+    w.t, w.o = 0, nil
+  elseif w.o == nil or w.o < w.at - WND + 1 then
+    local from = w.at - WND + 1
+    if w.o ~= nil and w.o + 1 > from then
+      from = w.o + 1
+    end
+    w.o = first_nonzero(key, from, w.at)
+    w.dirty = true
+  end
+  return w
 end
 
-local function answer(w, now, wnd, limit, amount, allowed)
-  table.sort(w.secs)
-  local reset = 0
-  for _, sec in ipairs(w.secs) do
-    if w.counts[sec] > 0 then
-      reset = sec + wnd - now
-      break
-    end
+local function save(key, w, ttl)
+  if w.o then
+    redis.call('HSET', key, '_t', w.t, '_at', w.at, '_o', w.o)
+  else
+    redis.call('HSET', key, '_t', w.t, '_at', w.at)
+    redis.call('HDEL', key, '_o')
   end
-  local retry = 0
-  if allowed == 0 then
-    retry = -1
-    if amount <= limit then
-      local left = w.total
-      for _, sec in ipairs(w.secs) do
-        left = left - w.counts[sec]
-        if left + amount <= limit then
-          retry = sec + wnd - now
-          break
-        end
+  redis.call('EXPIRE', key, ttl)
+end
+
+local function count(key, w, amount, ttl)
+  redis.call('HINCRBY', key, tostring(w.at), amount)
+  w.t = w.t + amount
+  if w.o == nil then
+    w.o = w.at
+    w.dirty = true
+  end
+  if w.dirty or w.new then
+    save(key, w, ttl)
+    w.dirty = false
+  else  -- the same second as the last call: only the total moves (the TTL was set then)
+    redis.call('HINCRBY', key, '_t', amount)
+  end
+end
+
+local function settle_window(key, w, ttl)
+  if w.dirty and not w.new then
+    save(key, w, ttl)
+  end
+end
+
+local function allowed_answer(w, now)
+  local reset = 0
+  if w.o ~= nil then
+    reset = w.o + WND - now
+  end
+  return {1, w.t, reset, 0}
+end
+
+local function refused_answer(key, w, now, limit, amount)
+  local secs, counts = {}, {}
+  local flat = redis.call('HGETALL', key)
+  for i = 1, #flat, 2 do
+    if is_second(flat[i]) then
+      local n = tonumber(flat[i + 1])
+      if n > 0 then
+        local sec = tonumber(flat[i])
+        secs[#secs + 1] = sec
+        counts[sec] = n
       end
     end
   end
-  return {allowed, w.total, reset, retry}
+  table.sort(secs)
+  local reset = 0
+  if #secs > 0 then
+    reset = secs[1] + WND - now
+  end
+  local retry = -1
+  if amount <= limit then
+    local left = w.t
+    for _, sec in ipairs(secs) do
+      left = left - counts[sec]
+      if left + amount <= limit then
+        retry = sec + WND - now
+        break
+      end
+    end
+  end
+  return {0, w.t, reset, retry}
 end
 """
 
@@ -87,38 +213,52 @@ end
 # ARGV[1]  now, in unix seconds (integer)
 # ARGV[2]  limit (ignored unless mode = 1)
 # ARGV[3]  amount to count
-# ARGV[4]  window, in seconds (60)
+# ARGV[4]  window, in seconds (60; the scripts hold it as WND)
 # ARGV[5]  key TTL, in seconds
 # ARGV[6]  mode: 1 = admit iff used + amount <= limit, then count; 0 = count unconditionally;
-#          -1 = read only
+#          -1 = read only (it may still drop buckets that left the window)
 # Returns {allowed (0/1), used after this call, reset seconds, retry-after seconds (-1: never)}.
 SLIDING_WINDOW = (
     _WINDOW
     + """
 local now, limit, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local wnd, ttl, mode = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local w = load_window(KEYS[1], now, wnd, mode ~= -1)
-local allowed = 0
-if mode == 0 or (mode == 1 and w.total + amount <= limit) then
-  allowed = 1
-  if amount > 0 then
-    count(KEYS[1], w, now, amount, ttl)
-  end
+local ttl, mode = tonumber(ARGV[5]), tonumber(ARGV[6])
+local w = window(KEYS[1], now)
+if mode == 1 and w.t + amount > limit then
+  settle_window(KEYS[1], w, ttl)
+  return refused_answer(KEYS[1], w, now, limit, amount)
 end
-return answer(w, now, wnd, limit, amount, allowed)
+if mode ~= -1 and amount > 0 then
+  count(KEYS[1], w, amount, ttl)
+else
+  settle_window(KEYS[1], w, ttl)
+end
+return allowed_answer(w, now)
 """
 )
 
 # KEYS[1] the counter's hash; ARGV[1] the unix second a hit counted in; ARGV[2] the amount.
 # Takes the amount back (a request refused after its rate check); a gone bucket stays gone.
 REFUND = """
-local n = redis.call('HGET', KEYS[1], ARGV[1])
-if n then
-  local left = tonumber(n) - tonumber(ARGV[2])
-  if left > 0 then
-    redis.call('HSET', KEYS[1], ARGV[1], left)
+local field, amount = ARGV[1], tonumber(ARGV[2])
+local n = redis.call('HGET', KEYS[1], field)
+if n and redis.call('HEXISTS', KEYS[1], '_at') == 1 then
+  local taken = math.min(tonumber(n), amount)
+  redis.call('HINCRBY', KEYS[1], '_t', -taken)
+  if tonumber(n) - taken > 0 then
+    redis.call('HSET', KEYS[1], field, tonumber(n) - taken)
   else
-    redis.call('HDEL', KEYS[1], ARGV[1])
+    redis.call('HDEL', KEYS[1], field)
+    if redis.call('HGET', KEYS[1], '_o') == field then
+      redis.call('HDEL', KEYS[1], '_o')
+    end
+  end
+elseif n then
+  local left = tonumber(n) - amount
+  if left > 0 then
+    redis.call('HSET', KEYS[1], field, left)
+  else
+    redis.call('HDEL', KEYS[1], field)
   end
 end
 return 0
@@ -127,45 +267,53 @@ return 0
 # The spend reservation of KEYS[1] (hash: committed, reserved, r:<id>) and KEYS[2]
 # (sorted set of open reservations by expiry), from
 # ARGV[1..8]: ledger, resync(0/1), worst, cap (-1 = none), now_ms, expiry_ms, id, key_ttl_s.
-# ``committed`` is seeded from the ledger only when the hash is missing.
+# ``committed`` is seeded from the ledger only when the hash is missing (and raised to it
+# on a resync); the keys get their TTL when created (the hash when seeded, the set when
+# its first member arrives), which outlives the month they count.
 # Returns {admitted (0/1), committed, reserved (after), reservations expired now}.
 # Idempotent by reservation id: the client retries a call once after a timeout even if
 # the script already ran, so when ``r:<id>`` exists this is that retry: it answers
 # "admitted" again and holds nothing more.
 _SPEND = """
 local function reserve_spend(h, z)
-  if redis.call('HEXISTS', h, 'r:' .. ARGV[7]) == 1 then
-    local c = tonumber(redis.call('HGET', h, 'committed'))
-    return {1, c, tonumber(redis.call('HGET', h, 'reserved')), 0}
+  local m = redis.call('HMGET', h, 'r:' .. ARGV[7], 'committed', 'reserved')
+  local committed, reserved = tonumber(m[2]), tonumber(m[3])
+  if m[1] then
+    return {1, committed, reserved, 0}
   end
-  redis.call('HSETNX', h, 'committed', ARGV[1])
-  redis.call('HSETNX', h, 'reserved', '0')
-  local worst = tonumber(ARGV[3])
-  local cap = tonumber(ARGV[4])
-  if ARGV[2] == '1' and tonumber(ARGV[1]) > tonumber(redis.call('HGET', h, 'committed')) then
-    redis.call('HSET', h, 'committed', ARGV[1])
+  local ledger = tonumber(ARGV[1])
+  local created = committed == nil
+  if created or (ARGV[2] == '1' and ledger > committed) then
+    committed = ledger
   end
+  reserved = reserved or 0
   local gone = redis.call('ZRANGEBYSCORE', z, '-inf', ARGV[5])
   if #gone > 0 then
     for _, rid in ipairs(gone) do
-      local m = redis.call('HGET', h, 'r:' .. rid)
-      if m then
+      local held = redis.call('HGET', h, 'r:' .. rid)
+      if held then
         redis.call('HDEL', h, 'r:' .. rid)
-        redis.call('HINCRBY', h, 'reserved', '-' .. m)
+        reserved = reserved - tonumber(held)
       end
     end
     redis.call('ZREMRANGEBYSCORE', z, '-inf', ARGV[5])
   end
-  local committed = tonumber(redis.call('HGET', h, 'committed'))
-  local reserved = tonumber(redis.call('HGET', h, 'reserved'))
+  local worst, cap = tonumber(ARGV[3]), tonumber(ARGV[4])
   if cap >= 0 and committed + reserved + worst > cap then
+    redis.call('HSET', h, 'committed', committed, 'reserved', reserved)
+    if created then
+      redis.call('EXPIRE', h, ARGV[8])
+    end
     return {0, committed, reserved, #gone}
   end
-  redis.call('HINCRBY', h, 'reserved', ARGV[3])
-  redis.call('HSET', h, 'r:' .. ARGV[7], ARGV[3])
-  redis.call('ZADD', z, ARGV[6], ARGV[7])
-  redis.call('EXPIRE', h, ARGV[8])
-  redis.call('EXPIRE', z, ARGV[8])
+  redis.call('HSET', h, 'committed', committed, 'reserved', reserved + worst,
+    'r:' .. ARGV[7], worst)
+  if created then
+    redis.call('EXPIRE', h, ARGV[8])
+  end
+  if redis.call('ZADD', z, ARGV[6], ARGV[7]) == 1 and redis.call('ZCARD', z) == 1 then
+    redis.call('EXPIRE', z, ARGV[8])
+  end
   return {1, committed, reserved + worst, #gone}
 end
 """
@@ -184,13 +332,14 @@ ADMIT = (
     _WINDOW
     + _SPEND
     + """
-local now, wnd, ttl = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local now, ttl = tonumber(ARGV[9]), tonumber(ARGV[11])
 if redis.call('HEXISTS', KEYS[1], 'r:' .. ARGV[7]) == 1 then
   local spend = reserve_spend(KEYS[1], KEYS[2])
   local out = {1, spend[1], spend[2], spend[3], spend[4]}
   for i = 3, #KEYS do
-    local limit, amount = tonumber(ARGV[2 * i + 6]), tonumber(ARGV[2 * i + 7])
-    local a = answer(load_window(KEYS[i], now, wnd, false), now, wnd, limit, amount, 1)
+    local w = window(KEYS[i], now)
+    settle_window(KEYS[i], w, ttl)
+    local a = allowed_answer(w, now)
     out[#out + 1] = a[2]
     out[#out + 1] = a[3]
     out[#out + 1] = a[4]
@@ -200,28 +349,30 @@ end
 local windows = {}
 for i = 3, #KEYS do
   local limit, amount = tonumber(ARGV[2 * i + 6]), tonumber(ARGV[2 * i + 7])
-  local w = load_window(KEYS[i], now, wnd, true)
-  if w.total + amount > limit then
-    local a = answer(w, now, wnd, limit, amount, 0)
+  local w = window(KEYS[i], now)
+  if w.t + amount > limit then
+    settle_window(KEYS[i], w, ttl)
+    local a = refused_answer(KEYS[i], w, now, limit, amount)
     return {0, i - 2, a[2], a[3], a[4]}
   end
   windows[i] = w
 end
 local spend = reserve_spend(KEYS[1], KEYS[2])
 local out = {1, spend[1], spend[2], spend[3], spend[4]}
-if spend[1] == 0 then
-  return out
-end
 for i = 3, #KEYS do
-  local limit, amount = tonumber(ARGV[2 * i + 6]), tonumber(ARGV[2 * i + 7])
+  local amount = tonumber(ARGV[2 * i + 7])
   local w = windows[i]
-  if amount > 0 then
-    count(KEYS[i], w, now, amount, ttl)
+  if spend[1] == 1 and amount > 0 then
+    count(KEYS[i], w, amount, ttl)
+  else
+    settle_window(KEYS[i], w, ttl)
   end
-  local a = answer(w, now, wnd, limit, amount, 1)
-  out[#out + 1] = a[2]
-  out[#out + 1] = a[3]
-  out[#out + 1] = a[4]
+  if spend[1] == 1 then
+    local a = allowed_answer(w, now)
+    out[#out + 1] = a[2]
+    out[#out + 1] = a[3]
+    out[#out + 1] = a[4]
+  end
 end
 return out
 """
