@@ -8,7 +8,8 @@ where the operator set them.
 
 Admission reads these on every request, so they are cached in memory per
 replica: a write on this replica drops its entry at once; other replicas
-pick the change up within ``ttl_s``.
+pick the change up within ``ttl_s``. An entry in use is re-read in the
+background before it expires (``refresh_ahead``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from firebox.accounts.roles import Permission, Plan
 from firebox.clock import Clock
 from firebox.errors import InvalidArgument, NotFound
 from firebox.limits import quota_repository as repo
+from firebox.limits.refresh_ahead import RefreshAhead
 from firebox.store.database import Database
 
 DEFAULT_REQUESTS_PER_MINUTE: Final = 600
@@ -81,14 +83,24 @@ class PlanLimits:
         self._clock = clock
         self._ttl = ttl_s
         self._cache: dict[str, tuple[float, AccountLimits]] = {}
+        self._generations: dict[str, int] = {}  # bumped by invalidate
         self._lock = threading.Lock()
+        self.refresh = RefreshAhead("plan limits")
 
     def cached(self, account_id: str) -> AccountLimits | None:
-        """The cached limits, or ``None`` when not cached or stale (no I/O)."""
+        """The cached limits, or ``None`` when not cached or stale (no I/O).
+
+        An entry past 3/4 of its lifetime is re-read in the background meanwhile.
+        """
         with self._lock:
             entry = self._cache.get(account_id)
-        if entry is None or time.monotonic() - entry[0] > self._ttl:
+        if entry is None:
             return None
+        age = time.monotonic() - entry[0]
+        if age > self._ttl:
+            return None
+        if self.refresh.due(age, self._ttl):
+            self.refresh.start(account_id, lambda: self.load(account_id))
         return entry[1]
 
     def limits(self, account_id: str) -> AccountLimits:
@@ -96,7 +108,14 @@ class PlanLimits:
         return self.cached(account_id) or self.load(account_id)
 
     def load(self, account_id: str) -> AccountLimits:
-        """Read the account's limits from the database and cache them."""
+        """Read the account's limits from the database and cache them.
+
+        Not cached when the entry was invalidated while this read ran (the
+        read may predate the change that invalidated it).
+        """
+        with self._lock:
+            generation = self._generations.get(account_id, 0)
+        read_at = time.monotonic()
         with self._db.transaction() as session:
             plan_name = repo.get_plan(session, account_id)
             if plan_name is None:
@@ -113,13 +132,15 @@ class PlanLimits:
                 requests_override=rpm is not None,
             )
         with self._lock:
-            self._cache[account_id] = (time.monotonic(), found)
+            if self._generations.get(account_id, 0) == generation:
+                self._cache[account_id] = (read_at, found)
         return found
 
     def invalidate(self, account_id: str) -> None:
         """Forget the cached limits of ``account_id`` (after a write, or a plan change)."""
         with self._lock:
             self._cache.pop(account_id, None)
+            self._generations[account_id] = self._generations.get(account_id, 0) + 1
 
     def get_account_limits(self, principal: Principal, account_id: str) -> AccountLimits:
         """The account's effective limits, fresh from the database."""

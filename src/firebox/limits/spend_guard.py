@@ -34,6 +34,7 @@ from typing import Protocol
 from firebox.clock import Clock
 from firebox.limits.hooks import Reason
 from firebox.limits.ports import MoneySource, SpendState
+from firebox.limits.refresh_ahead import RefreshAhead
 from firebox.money_state import period_of
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def ledger_usage(state: SpendState, period: str) -> int:
 class _Snapshot:
     state: SpendState
     fetched: datetime
+    unseen: bool = False  # read in the background; the next ``get`` reports it as just read
 
 
 class SnapshotCache:
@@ -146,7 +148,9 @@ class SnapshotCache:
     The read runs in a worker thread so the event loop never waits on the
     database. ``invalidate`` (on ``money_changed``) forces the next read; a
     read that was already running when the account was invalidated is used
-    but not cached, so it cannot hide the change.
+    but not cached, so it cannot hide the change. A snapshot in use is re-read
+    in the background past 3/4 of its age (``refresh_ahead``); the first ``get``
+    after that re-read reports it as just read, as a blocking read would.
     """
 
     def __init__(
@@ -158,6 +162,7 @@ class SnapshotCache:
         self._snapshots: dict[str, _Snapshot] = {}
         self._generations: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.refresh = RefreshAhead("money snapshot")
 
     def peek(self, account_id: str) -> SpendState | None:
         """The cached snapshot however old it is, without reading."""
@@ -171,13 +176,27 @@ class SnapshotCache:
         with self._lock:
             cached = self._snapshots.get(account_id)
             generation = self._generations.get(account_id, 0)
-        if cached is not None and now - cached.fetched < self._max_age:
-            return cached.state, False
+            if cached is not None and now - cached.fetched < self._max_age:
+                unseen, cached.unseen = cached.unseen, False
+                age = (now - cached.fetched).total_seconds()
+                if self.refresh.due(age, self._max_age.total_seconds()):
+                    self.refresh.start(account_id, lambda: self._reread(account_id))
+                return cached.state, unseen
         state = await asyncio.to_thread(self._money.spend_state, account_id)
         with self._lock:
             if self._generations.get(account_id, 0) == generation:
                 self._snapshots[account_id] = _Snapshot(state, now)
         return state, True
+
+    def _reread(self, account_id: str) -> None:
+        """The background re-read (a worker thread): cached unless invalidated meanwhile."""
+        now = self._clock.now()
+        with self._lock:
+            generation = self._generations.get(account_id, 0)
+        state = self._money.spend_state(account_id)
+        with self._lock:
+            if self._generations.get(account_id, 0) == generation:
+                self._snapshots[account_id] = _Snapshot(state, now, unseen=True)
 
     def invalidate(self, account_id: str) -> None:
         with self._lock:

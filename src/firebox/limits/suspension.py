@@ -21,6 +21,8 @@ a payment has failed. Only the operator raises or lifts ``BLOCKED_BY_ABUSE_RULE`
 
 Admission reads ``reasons_cached`` (no I/O) on the hot path, else ``reasons_async``:
 the database in a worker thread (one indexed query, once per ``cache_ttl_s``).
+An entry in use is re-read in the background before it expires
+(``refresh_ahead``), so a busy account's requests never wait for that query.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from firebox.limits import suspension_repository as repo
 from firebox.limits.hooks import Reason, SuspensionHooks
 from firebox.limits.models import SuspensionReasonRow
 from firebox.limits.ports import MoneySource
+from firebox.limits.refresh_ahead import RefreshAhead
 from firebox.limits.spend_guard import ledger_usage
 from firebox.limits.suspension_repository import (
     CapRecord,
@@ -131,7 +134,9 @@ class SuspensionService:
         self._ttl = timedelta(seconds=cache_ttl_s)
         self._committed = committed
         self._cache: dict[str, _Cached] = {}
+        self._generations: dict[str, int] = {}  # bumped by every change stored
         self._lock = threading.Lock()
+        self.refresh = RefreshAhead("suspension reasons")
 
     # -- reading -----------------------------------------------------------
 
@@ -156,6 +161,13 @@ class SuspensionService:
         cached = self._fresh(account_id)
         if cached is not None:
             return cached
+        return self._load(account_id)
+
+    def _load(self, account_id: str) -> tuple[ActiveReason, ...]:
+        """Read the reasons (lifting a past month's) and cache them unless a change came first."""
+        with self._lock:
+            generation = self._generations.get(account_id, 0)
+        fetched = self._clock.now()
         active = self._read(account_id)
         monthly = _find(active, Reason.MONTHLY_SPEND_LIMIT_EXCEEDED)
         if monthly is not None and repo.past(monthly.period, self._month()):
@@ -167,7 +179,9 @@ class SuspensionService:
             )
             if outcome is not None:
                 return outcome[0]
-        self._store(account_id, active)
+        with self._lock:
+            if self._generations.get(account_id, 0) == generation:
+                self._cache[account_id] = _Cached(active, fetched)
         return active
 
     # -- changing ----------------------------------------------------------
@@ -369,16 +383,23 @@ class SuspensionService:
         now = self._clock.now()
         with self._lock:
             cached = self._cache.get(account_id)
-        if cached is None or now - cached.fetched >= self._ttl:
+        if cached is None:
+            return None
+        age = now - cached.fetched
+        if age >= self._ttl:
             return None
         monthly = _find(cached.reasons, Reason.MONTHLY_SPEND_LIMIT_EXCEEDED)
         if monthly is not None and repo.past(monthly.period, period_of(now)):
             return None  # the month rolled over: the next read lifts it
+        if self.refresh.due(age.total_seconds(), self._ttl.total_seconds()):
+            self.refresh.start(account_id, lambda: self._load(account_id))
         return cached.reasons
 
     def _store(self, account_id: str, active: tuple[ActiveReason, ...]) -> None:
+        """Cache reasons just written or checked (a re-read already running won't replace them)."""
         with self._lock:
             self._cache[account_id] = _Cached(active, self._clock.now())
+            self._generations[account_id] = self._generations.get(account_id, 0) + 1
 
     def _month(self) -> str:
         return period_of(self._clock.now())
