@@ -94,6 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run Firebox as of git revision REV (e.g. HEAD), side by side: before/after",
     )
     parser.add_argument(
+        "--baseline-variant",
+        choices=("local", "redis"),
+        default="local",
+        help="how the --baseline server runs: local (in-process) or redis (Redis+PG, its own "
+        "schema and Redis db)",
+    )
+    parser.add_argument(
         "--firebox-access-log",
         choices=("on", "off"),
         default="on",
@@ -270,11 +277,16 @@ def start_targets(
         targets.append(Target(variant.name, variant.label, url, model, key, variant.enforcement))
     if args.baseline:
         src = _firebox.export_source(args.baseline, work / "baseline")
+        env = {"FIREBOX_ENFORCEMENT": "true"}
+        label = f"Firebox @{args.baseline}"
+        if args.baseline_variant == "redis":
+            redis_url = _other_redis_db(args.redis_url)
+            env |= stack.enter_context(_firebox.scale_out_backends(args.pg_url, redis_url))
+            label += " (Redis+PG)"
         base, base_key = _firebox.start_firebox(
-            "baseline", catalog, work, access_log=access_log, src=src
+            "baseline", catalog, work, access_log=access_log, src=src, extra_env=env
         )
         servers.append(base)
-        label = f"Firebox @{args.baseline}"
         print(f"{label} on {base.url}", flush=True)
         targets.append(Target(BASELINE, label, base.url + "/inference" + CHAT, model, base_key))
     if not args.skip_litellm:
@@ -292,6 +304,12 @@ def start_targets(
             Target(LITELLM, "LiteLLM", proxy.url + CHAT, "llama-8b", _litellm.MASTER_KEY)
         )
     return targets
+
+
+def _other_redis_db(url: str) -> str:
+    """``url`` with the next Redis db number, so a baseline never shares the variant's counters."""
+    base, _, db = url.rpartition("/")
+    return f"{base}/{int(db or 0) + 1}" if db.isdigit() or not db else url + "1"
 
 
 def run_servers(

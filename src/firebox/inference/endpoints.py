@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from firebox.catalog.index import ResolvedModel
@@ -21,6 +21,7 @@ from firebox.http.auth import CurrentPrincipal
 from firebox.http.errors import describe_invalid
 from firebox.http.responses import JSONResponse
 from firebox.http.sse import DONE, sse_event
+from firebox.http.streaming import CoalescingStream
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingCreate
 from firebox.inference.serving import Answer, InferenceService, StreamingAnswer
@@ -80,31 +81,12 @@ def _render(answer: Answer | StreamingAnswer) -> Response:
             yield sse_event(chunk)
         yield DONE
 
-    return _ClosingStream(
-        answer,
+    return CoalescingStream(
         body(),
+        on_close=answer.close,
         media_type="text/event-stream",
         headers={**answer.headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
     )
-
-
-class _ClosingStream(StreamingResponse):
-    """A streaming response that always closes its answer, even if the body never started.
-
-    Starlette skips the body when the client is gone before the first byte
-    (or the send of the headers fails); the answer's run and its metering
-    would then never end. The ``finally`` here is the one place that always runs.
-    """
-
-    def __init__(self, answer: StreamingAnswer, content: Any, **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._answer = answer
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._answer.close()
 
 
 def build_router(prefix: str) -> APIRouter:
