@@ -312,6 +312,34 @@ def _other_redis_db(url: str) -> str:
     return f"{base}/{int(db or 0) + 1}" if db.isdigit() or not db else url + "1"
 
 
+def admission_shares(targets: list[Target]) -> str:
+    """Each enforcing Firebox's admission time against its request time, from its /metrics.
+
+    Server-side sums over the whole run (warm-ups included): the mean time
+    ``Enforcement.admit`` took, and its share of the time the chat route took
+    from the request's start to the answer's last byte.
+    """
+    parts = []
+    for target in targets:
+        if not target.enforced:
+            continue
+        base = target.url.removesuffix("/inference" + CHAT)
+        sums: dict[str, float] = {"admit": 0.0, "count": 0.0, "request": 0.0}
+        for line in httpx.get(base + "/metrics", timeout=30).text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == "firebox_admission_duration_seconds_sum":
+                sums["admit"] += float(value)
+            elif name == "firebox_admission_duration_seconds_count":
+                sums["count"] += float(value)
+            elif name.startswith("firebox_http_request_duration_seconds_sum") and CHAT in name:
+                sums["request"] += float(value)
+        if sums["count"] and sums["request"]:
+            mean_us = sums["admit"] / sums["count"] * 1e6
+            share = sums["admit"] / sums["request"]
+            parts.append(f"{target.label}: {mean_us:.0f} µs a request, {share:.1%} of its time")
+    return "; ".join(parts) or "no enforcing variant ran"
+
+
 def run_servers(
     args: argparse.Namespace, wrk: str, work: Path
 ) -> tuple[list[Cell], dict[str, str]]:
@@ -323,7 +351,9 @@ def run_servers(
             for target in targets:
                 probe(target)
             print("all targets answer (and enforce as configured); measuring", flush=True)
-            return measure(args, wrk, targets, work), {t.name: t.label for t in targets}
+            cells = measure(args, wrk, targets, work)
+            args.admission_shares = admission_shares(targets)
+            return cells, {t.name: t.label for t in targets}
         except BaseException:
             for server in servers:
                 print(f"--- last lines of the {server.name} log ---\n{server.log_tail()}")
@@ -383,11 +413,13 @@ def main(argv: list[str] | None = None) -> int:
             "ledger writer in every variant. Variants: "
             + "; ".join(f"{VARIANTS[v].label}: {VARIANTS[v].setup}" for v in args.variants)
         ),
+        "Admission (server-side, from /metrics)": getattr(args, "admission_shares", "—"),
         "Took": f"{time.monotonic() - started:.0f} s",
     }
     run = Run(cells, facts, "quick" if args.quick else "full", labels)
     print()
     print_table(run)
+    print(f"admission (server-side): {facts['Admission (server-side, from /metrics)']}")
     if not args.no_record:
         record(ROOT / "docs" / "benchmarks.md", run)
         print("recorded in docs/benchmarks.md")

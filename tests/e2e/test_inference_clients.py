@@ -216,3 +216,15 @@ def test_client_disconnect_cancels_upstream_and_still_meters(
         )
     finally:
         fake.token_delay = 0.0
+
+
+def test_every_admission_is_timed_in_the_metrics(served: tuple[RunningServer, str]) -> None:
+    server, _ = served
+    before = _metric(server, "firebox_admission_duration_seconds_count")
+    client = _openai(served)
+    for _ in range(3):
+        client.chat.completions.create(
+            model=BASE, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    assert _metric(server, "firebox_admission_duration_seconds_count") == before + 3
+    assert _metric(server, "firebox_admission_duration_seconds_sum") > 0

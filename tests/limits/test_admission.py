@@ -70,9 +70,14 @@ class Money:
 class Metrics:
     def __init__(self) -> None:
         self.outcomes: Counter[str] = Counter()
+        self.timed = 0
 
     def admission(self, outcome: str) -> None:
         self.outcomes[outcome] += 1
+
+    def admission_time(self, seconds: float) -> None:
+        assert 0 <= seconds < 10
+        self.timed += 1
 
 
 class World:
@@ -212,6 +217,7 @@ async def test_rate_limit_refuses_with_retry_after(both: World) -> None:
     assert deployed.headers == {}
     await both.enforcement.admit(OPERATOR, demand())
     assert both.metrics.outcomes == Counter(admitted=4, rate_limited=1, operator=1)
+    assert both.metrics.timed == 6  # every admission is timed, refused ones too
     both.clock.advance(timedelta(seconds=40))
     await both.enforcement.admit(MEMBER, demand())  # the window slid
 

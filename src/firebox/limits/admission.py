@@ -36,6 +36,7 @@ take the generated count past its limit; new ones are then refused.
 from __future__ import annotations
 
 import logging
+import time
 from typing import NoReturn, Protocol
 
 from anyio import to_thread
@@ -88,6 +89,10 @@ class AdmissionMetrics(Protocol):
     """Counts admissions by outcome (the lead's Prometheus counter)."""
 
     def admission(self, outcome: str) -> None: ...
+
+    def admission_time(self, seconds: float) -> None:
+        """How long one admission took, whatever its outcome."""
+        ...
 
 
 def suspended(account_id: str, reason: str) -> PaymentRequired:
@@ -194,6 +199,14 @@ class Enforcement:
         self._defer = spend_guard.defer if isinstance(spend_guard, RedisSpendGuard) else None
 
     async def admit(self, principal: Principal, demand: Demand) -> Ticket:
+        started = time.perf_counter()
+        try:
+            return await self._admit(principal, demand)
+        finally:
+            if self._metrics is not None:
+                self._metrics.admission_time(time.perf_counter() - started)
+
+    async def _admit(self, principal: Principal, demand: Demand) -> Ticket:
         if principal.is_operator:
             self._count("operator")
             return OpenTicket()

@@ -64,6 +64,13 @@ class Metrics:
             registry=self.registry,
         )
         self._admission_children: dict[str, Counter] = {}
+        self.admission_duration = Histogram(
+            "firebox_admission_duration_seconds",
+            "Time admission took per inference request (suspension, rate and spend checks; "
+            "with Redis, its one round trip), whatever the outcome.",
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25),
+            registry=self.registry,
+        )
         self.limits_redis_fallbacks = Counter(
             "firebox_limits_redis_fallbacks",
             "Rate-limit checks answered from this replica's share because Redis was unreachable.",
@@ -87,6 +94,9 @@ class Metrics:
             child = self.admissions.labels(outcome)
             self._admission_children[outcome] = child
         child.inc()
+
+    def admission_time(self, seconds: float) -> None:
+        self.admission_duration.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
