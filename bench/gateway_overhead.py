@@ -181,8 +181,14 @@ def measure_one(
     if args.warmup > 0:
         _wrk.run(wrk, target.url, script, duration_s=args.warmup, **common)
         settle(target)
+    before = admission_sums(target) if target.enforced else None
     got = _wrk.run(wrk, target.url, script, duration_s=args.duration, **common)
     after = settle(target)
+    if before is not None:
+        admit, count, request = (b - a for a, b in zip(before, admission_sums(target), strict=True))
+        if count and request:
+            key = (script.stem.endswith("-stream"), connections, target.name)
+            ADMISSION[key] = (admit / count * 1e6, admit / request)
     if got.errors:
         print(
             f"  !! {target.label}: {got.errors} requests failed (non-2xx, socket errors or "
@@ -312,6 +318,53 @@ def _other_redis_db(url: str) -> str:
     return f"{base}/{int(db or 0) + 1}" if db.isdigit() or not db else url + "1"
 
 
+def admission_sums(target: Target) -> tuple[float, float, float]:
+    """(admission seconds, admissions, chat route seconds) so far, from the target's /metrics."""
+    base = target.url.removesuffix("/inference" + CHAT)
+    admit = count = request = 0.0
+    for line in httpx.get(base + "/metrics", timeout=30).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == "firebox_admission_duration_seconds_sum":
+            admit += float(value)
+        elif name == "firebox_admission_duration_seconds_count":
+            count += float(value)
+        elif name.startswith("firebox_http_request_duration_seconds_sum") and CHAT in name:
+            request += float(value)
+    return admit, count, request
+
+
+# (stream, connections, target name) -> (mean admission µs, share of the request's time)
+ADMISSION: dict[tuple[bool, int, str], tuple[float, float]] = {}
+
+
+def admission_report(targets: list[Target], concurrency: list[int]) -> str:
+    """Per enforcing variant and cell: mean ``Enforcement.admit`` time and its share.
+
+    Server-side, over each measurement (warm-ups excluded): the time admission
+    took, against the time the chat route took from the request's start to the
+    answer's last byte. At concurrency 1 that is admission's own cost; under
+    load it includes waiting for the event loop, which every await there pays.
+    """
+    parts = []
+    for target in targets:
+        cells = []
+        for stream in (False, True):
+            for c in concurrency:
+                got = ADMISSION.get((stream, c, target.name))
+                if got is not None:
+                    mode = "stream" if stream else "plain"
+                    cells.append(f"{mode} c={c} {got[0]:.0f} µs ({got[1]:.1%})")
+        if cells:
+            parts.append(f"{target.label}: " + ", ".join(cells))
+    return "; ".join(parts) or "no enforcing variant ran"
+
+
+def _other_redis_db(url: str) -> str:
+    """``url`` with the next Redis db number, so a baseline never shares the variant's counters."""
+    base, _, db = url.rpartition("/")
+    return f"{base}/{int(db or 0) + 1}" if db.isdigit() or not db else url + "1"
+
+
 def admission_shares(targets: list[Target]) -> str:
     """Each enforcing Firebox's admission time against its request time, from its /metrics.
 
@@ -352,7 +405,7 @@ def run_servers(
                 probe(target)
             print("all targets answer (and enforce as configured); measuring", flush=True)
             cells = measure(args, wrk, targets, work)
-            args.admission_shares = admission_shares(targets)
+            args.admission_shares = admission_report(targets, args.concurrency)
             return cells, {t.name: t.label for t in targets}
         except BaseException:
             for server in servers:
