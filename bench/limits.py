@@ -5,6 +5,9 @@ processes, every process runs its own limiter / Enforcement (as gateway
 replicas do; with Redis they share the counters) and calls it in a tight
 loop for ``--seconds``:
 
+- ``round trip`` (Redis only): a ``PING`` over the connection admission uses,
+  the machine's floor for any Redis call; ``round trip, redis-py``: the same
+  through redis-py's asyncio client (with hiredis), which admission used before;
 - ``rate check``: ``RateLimiter.hit`` alone (Redis: one Lua call);
 - ``admit``: ``Enforcement.admit`` (suspension and plan caches, rate limit,
   spend reservation; Redis: one Lua call, ``ADMIT``), then ``settle`` (timed apart).
@@ -58,6 +61,7 @@ from firebox.limits.rate_limiter import (  # noqa: E402
     RedisRateLimiter,
 )
 from firebox.limits.redis_spend_guard import RedisSpendGuard  # noqa: E402
+from firebox.limits.redis_wire import ScriptClient  # noqa: E402
 from firebox.limits.spend_guard import InProcessSpendGuard, SpendGuard  # noqa: E402
 from firebox.limits.suspension import SuspensionService  # noqa: E402
 from firebox.store import migrate  # noqa: E402
@@ -95,7 +99,24 @@ async def _run(what: str, redis_url: str | None, db_url: str, seconds: float) ->
     times: dict[str, array[int]] = {"call": array("q"), "settle": array("q")}
     deadline = time.perf_counter() + seconds
     n = 0
-    if what == "rate check":
+    if what == "round trip":  # the floor: one PING over the same connection admission uses
+        assert redis_url is not None
+        wire = ScriptClient(redis_url, timeout_s=1.0, connect_timeout_s=1.0)
+        while time.perf_counter() < deadline:
+            start = time.perf_counter_ns()
+            await wire.execute("PING")
+            times["call"].append(time.perf_counter_ns() - start)
+        await wire.aclose()
+    elif what == "round trip, redis-py":  # the same PING through redis-py's asyncio client
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(redis_url or "", socket_timeout=1.0)
+        while time.perf_counter() < deadline:
+            start = time.perf_counter_ns()
+            await client.ping()
+            times["call"].append(time.perf_counter_ns() - start)
+        await client.aclose()
+    elif what == "rate check":
         while time.perf_counter() < deadline:
             start = time.perf_counter_ns()
             await limiter.hit(ACCOUNTS[n % len(ACCOUNTS)], LIMIT)
@@ -280,11 +301,12 @@ def main() -> None:
         db_url = _database(Path(tmp) / "bench.db")
         for redis_url in backends:
             for procs in (1, 4):
-                for what in ("rate check", "admit"):
+                floor = ("round trip", "round trip, redis-py") if redis_url else ()
+                for what in (*floor, "rate check", "admit"):
                     if redis_url:
                         _fill_windows(redis_url)
                     rows += measure(what, redis_url, db_url, procs, args.seconds)
-                    print(rows[-1] if what == "rate check" else "\n".join(rows[-2:]), flush=True)
+                    print(rows[-1] if what != "admit" else "\n".join(rows[-2:]), flush=True)
     command = ".venv/bin/python bench/limits.py" + (f" --redis {args.redis}" if args.redis else "")
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     block = "\n".join(
