@@ -334,3 +334,37 @@ async def test_refund_takes_back_what_a_hit_counted(make: Make, clock: FakeClock
     await limiter.refund("acme", 5, second)  # never below zero
     assert await limiter.used("acme") == 0
     assert (await limiter.hit("acme", 3)).used == 1
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+@pytest.mark.skipif(not REDIS_URL, reason="FIREBOX_TEST_REDIS_URL is not set")
+async def test_a_counter_of_the_old_layout_is_converted_on_its_first_check() -> None:
+    """Buckets written before the ``_t``/``_at``/``_o`` fields existed (a rolling upgrade)."""
+    assert REDIS_URL is not None
+    clock = FakeClock(START - timedelta(seconds=80))
+    prefix = f"test:rl:{uuid.uuid4().hex[:8]}:"
+    shared = RedisRateLimiter(REDIS_URL, clock, InProcessRateLimiter(clock), 1, key_prefix=prefix)
+    local = InProcessRateLimiter(clock)
+    now = int(START.timestamp())
+    # The old layout: one field per second, nothing else; two buckets already out of the window.
+    old = {now - 75: 4, now - 60: 3, now - 59: 2, now - 30: 5, now - 1: 1}
+    plain = redis.Redis.from_url(REDIS_URL)
+    plain.hset(shared.key("k"), mapping={str(sec): n for sec, n in old.items()})
+    for sec, n in old.items():  # the same history in memory
+        clock.set(datetime.fromtimestamp(sec, UTC))
+        for _ in range(n):
+            local.check("k", 1000)
+    clock.set(START)
+    try:
+        for step in range(40):
+            decision = await shared.hit("k", 12)
+            assert decision == await local.hit("k", 12), step
+            clock.advance(timedelta(seconds=2))
+        fields = plain.hkeys(shared.key("k"))
+        assert b"_t" in fields and b"_at" in fields
+        assert str(now - 75).encode() not in fields  # stale buckets went on conversion
+    finally:
+        plain.delete(shared.key("k"))
+        plain.close()
+        await shared.aclose()

@@ -267,3 +267,28 @@ def test_scripts_run_on_a_real_redis_and_survive_a_script_flush() -> None:
             await client.aclose()
 
     run_on_both_loops(main)
+
+
+def test_a_unix_socket_url_connects_there(tmp_path: Any) -> None:
+    async def main() -> None:
+        path = tmp_path / f"redis-{uuid.uuid4().hex[:6]}.sock"
+        seen: list[list[bytes]] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            parser = hiredis.Reader()
+            while data := await reader.read(65536):
+                parser.feed(data)
+                while (command := parser.gets()) is not False:
+                    seen.append(command)
+                    writer.write(b":9\r\n" if command[0] == b"EVALSHA" else b"+OK\r\n")
+
+        server = await asyncio.start_unix_server(serve, str(path))
+        try:
+            client = ScriptClient(f"unix://{path}?db=2", timeout_s=2, connect_timeout_s=2)
+            assert await client.register_script("return 9")() == 9
+            assert seen[0] == [b"SELECT", b"2"] and seen[1][0] == b"EVALSHA"
+            await client.aclose()
+        finally:
+            server.close()
+
+    run_on_both_loops(main)
