@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing as mp
 import os
 import platform
@@ -97,6 +98,7 @@ async def _run(what: str, redis_url: str | None, db_url: str, seconds: float) ->
     prefix = f"bench:{os.getpid()}:" if what == "none" else "bench:"
     limiter = _limiter(redis_url, clock, prefix + "rate:")
     times: dict[str, array[int]] = {"call": array("q"), "settle": array("q")}
+    gc.freeze()  # as the gateway does once started (firebox.server.serve)
     deadline = time.perf_counter() + seconds
     n = 0
     if what == "round trip":  # the floor: one PING over the same connection admission uses

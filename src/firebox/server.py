@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -64,6 +65,11 @@ def serve(settings: Settings, announce: bool = True) -> None:
 
         print_banner(settings, result)
     app = create_app(services)
+    # Everything built so far (modules, the catalog, the engines' Python objects) lives as
+    # long as the process: keep it out of the collector's full passes, which otherwise
+    # stop the event loop for tens of milliseconds at random requests (a 66 ms gen-2 pass
+    # over a 110k-object heap was measured beside bench/limits.py).
+    gc.freeze()
     uvicorn.run(
         app,
         host=settings.host,
