@@ -52,6 +52,7 @@ from firebox.clock import SystemClock  # noqa: E402
 from firebox.inference.admission import Demand  # noqa: E402
 from firebox.inference.metering import UsageRecord  # noqa: E402
 from firebox.limits.admission import Enforcement  # noqa: E402
+from firebox.limits.changes import TRUSTED_PLAN_TTL_S, TRUSTED_SUSPENSION_TTL_S  # noqa: E402
 from firebox.limits.hooks import SuspensionHooks  # noqa: E402
 from firebox.limits.models import AccountLimitsRow  # noqa: E402
 from firebox.limits.plans import PlanLimits  # noqa: E402
@@ -132,14 +133,18 @@ async def _run(what: str, redis_url: str | None, db_url: str, seconds: float) ->
             if redis_url
             else InProcessSpendGuard(money, clock)
         )
-        enforcement = Enforcement(
-            PlanLimits(db, clock),
-            limiter,
-            guard,
-            SuspensionService(db, clock, money, SuspensionHooks()),
-            money,
+        # Cache lifetimes as a gateway has them while its change channel is up (one
+        # process, or Redis): changes are announced, so entries live long.
+        plans = PlanLimits(db, clock, trusted=lambda: True, trusted_ttl_s=TRUSTED_PLAN_TTL_S)
+        suspension = SuspensionService(
+            db,
             clock,
+            money,
+            SuspensionHooks(),
+            trusted=lambda: True,
+            trusted_ttl_s=TRUSTED_SUSPENSION_TTL_S,
         )
+        enforcement = Enforcement(plans, limiter, guard, suspension, money, clock)
         while time.perf_counter() < deadline:
             account = ACCOUNTS[n % len(ACCOUNTS)]
             principal = Principal(account, "u", 1, Role.USER, "k", "h")

@@ -5,7 +5,9 @@ that knows both. Billing announces money changes to a ``MoneyFanout``; the
 spend guard (to drop its cached limit) and suspension (to re-evaluate the
 account's reasons) listen. Limits reads money through billing's
 ``MoneySource`` methods. Accounts announce new accounts and rate-limit
-changes through ``AccountEvents``.
+changes through ``AccountEvents``. Every change of an account's admission
+state is announced to the other replicas (``limits/changes.py``), which drop
+their cached view of it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from firebox.clock import Clock
 from firebox.inference.admission import Admission, OpenAdmission
 from firebox.limits.admission import Enforcement
 from firebox.limits.audit import AuditLogService
+from firebox.limits.changes import (
+    TRUSTED_PLAN_TTL_S,
+    TRUSTED_SUSPENSION_TTL_S,
+    AccountChanges,
+    LocalChanges,
+    RedisChanges,
+)
 from firebox.limits.hooks import SuspensionHooks
 from firebox.limits.plans import PlanLimits
 from firebox.limits.quotas import QuotaService
@@ -84,7 +93,7 @@ class AccountEvents:
         )
 
     def plan_changed(self, account_id: str) -> None:
-        self._plans.invalidate(account_id)  # the plan sets the default rate limit and quotas
+        self._plans.changed(account_id)  # the plan sets the default rate limit and quotas
 
 
 @dataclass
@@ -106,6 +115,7 @@ class MoneyServices:
     quotas: QuotaService
     admission: Admission
     account_events: AccountEvents
+    changes: AccountChanges
 
     async def aclose(self) -> None:
         # The guard first: its deferred settlements still count generated tokens.
@@ -118,9 +128,10 @@ class MoneyServices:
                     log.exception("closing %s failed", type(closable).__name__)
 
     def close(self) -> None:
-        """Stop the period job and drain the usage queue into the ledger."""
+        """Stop the period job, drain the usage queue into the ledger, leave the change channel."""
         self.period_job.stop()
         self.ingest.close()
+        self.changes.close()
 
 
 def payment_provider(settings: Settings) -> PaymentProvider:
@@ -160,7 +171,18 @@ def build_money(settings: Settings, db: Database, clock: Clock, metrics: Metrics
         interval_s=settings.period_close_interval_s,
         extra=billing.housekeeping,  # credit expiry, purchases left pending by a crash
     )
-    plans = PlanLimits(db, clock)
+    changes: AccountChanges = (
+        RedisChanges(settings.redis_url)
+        if settings.redis_url
+        else LocalChanges(only_replica=settings.replicas <= 1)
+    )
+    plans = PlanLimits(
+        db,
+        clock,
+        trusted=lambda: changes.connected,
+        trusted_ttl_s=TRUSTED_PLAN_TTL_S,
+        on_change=changes.publish,
+    )
     local_limiter = InProcessRateLimiter(clock)
     rate_limiter: RateLimiter = local_limiter
     spend_guard: SpendGuard
@@ -176,9 +198,22 @@ def build_money(settings: Settings, db: Database, clock: Clock, metrics: Metrics
     else:
         spend_guard = InProcessSpendGuard(billing, clock)
     hooks = SuspensionHooks()
-    suspension = SuspensionService(db, clock, billing, hooks, committed=spend_guard.committed)
+    suspension = SuspensionService(
+        db,
+        clock,
+        billing,
+        hooks,
+        committed=spend_guard.committed,
+        trusted=lambda: changes.connected,
+        trusted_ttl_s=TRUSTED_SUSPENSION_TTL_S,
+        on_change=changes.publish,
+    )
     fanout.subscribe(spend_guard.money_changed)
     fanout.subscribe(suspension.money_changed)
+    fanout.subscribe(changes.publish)  # the other replicas drop their view of the account
+    changes.subscribe(_forget(plans, suspension, spend_guard))
+    if isinstance(changes, RedisChanges):
+        changes.on_lost = _forget_all(plans, suspension)
     metrics.ledger_queue_depth.set_function(lambda: ingest.queue_depth)
     metrics.ledger_records_written.set_function(lambda: ingest.written)
     admission: Admission = OpenAdmission()
@@ -202,4 +237,26 @@ def build_money(settings: Settings, db: Database, clock: Clock, metrics: Metrics
         quotas=QuotaService(db, clock, plans, rate_limiter),
         admission=admission,
         account_events=AccountEvents(billing, plans),
+        changes=changes,
     )
+
+
+def _forget(
+    plans: PlanLimits, suspension: SuspensionService, guard: SpendGuard
+) -> Callable[[str], None]:
+    """What a replica does when another one changed an account: drop its cached view."""
+
+    def forget(account_id: str) -> None:
+        plans.invalidate(account_id)
+        suspension.forget(account_id)
+        guard.money_changed(account_id)  # drops the money snapshot only
+
+    return forget
+
+
+def _forget_all(plans: PlanLimits, suspension: SuspensionService) -> Callable[[], None]:
+    def forget_all() -> None:
+        plans.forget_all()
+        suspension.forget_all()
+
+    return forget_all

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -78,12 +79,27 @@ def _check(value: int | Keep | None, param: str) -> None:
 class PlanLimits:
     """Reads (cached) and changes (operator only) the per-minute limits of accounts."""
 
-    def __init__(self, db: Database, clock: Clock, *, ttl_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        ttl_s: float = 5.0,
+        trusted: Callable[[], bool] | None = None,
+        trusted_ttl_s: float = 5.0,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
         self._ttl = ttl_s
+        # While ``trusted()`` (every change made elsewhere is announced, see
+        # ``limits/changes.py``), entries may live ``trusted_ttl_s``.
+        self._trusted = trusted
+        self._trusted_ttl = trusted_ttl_s
+        self._on_change = on_change
         self._cache: dict[str, tuple[float, AccountLimits]] = {}
         self._generations: dict[str, int] = {}  # bumped by invalidate
+        self._epoch = 0  # bumped by forget_all
         self._lock = threading.Lock()
         self.refresh = RefreshAhead("plan limits")
 
@@ -97,9 +113,10 @@ class PlanLimits:
         if entry is None:
             return None
         age = time.monotonic() - entry[0]
-        if age > self._ttl:
+        ttl = self._trusted_ttl if self._trusted is not None and self._trusted() else self._ttl
+        if age > ttl:
             return None
-        if self.refresh.due(age, self._ttl):
+        if self.refresh.due(age, ttl):
             self.refresh.start(account_id, lambda: self.load(account_id))
         return entry[1]
 
@@ -114,7 +131,7 @@ class PlanLimits:
         read may predate the change that invalidated it).
         """
         with self._lock:
-            generation = self._generations.get(account_id, 0)
+            generation = (self._epoch, self._generations.get(account_id, 0))
         read_at = time.monotonic()
         with self._db.transaction() as session:
             plan_name = repo.get_plan(session, account_id)
@@ -132,15 +149,27 @@ class PlanLimits:
                 requests_override=rpm is not None,
             )
         with self._lock:
-            if self._generations.get(account_id, 0) == generation:
+            if (self._epoch, self._generations.get(account_id, 0)) == generation:
                 self._cache[account_id] = (read_at, found)
         return found
 
     def invalidate(self, account_id: str) -> None:
-        """Forget the cached limits of ``account_id`` (after a write, or a plan change)."""
+        """Forget the cached limits of ``account_id`` (changed here or on another replica)."""
         with self._lock:
             self._cache.pop(account_id, None)
             self._generations[account_id] = self._generations.get(account_id, 0) + 1
+
+    def changed(self, account_id: str) -> None:
+        """The account's plan or limits changed on this replica: forget, and tell the others."""
+        self.invalidate(account_id)
+        if self._on_change is not None:
+            self._on_change(account_id)
+
+    def forget_all(self) -> None:
+        """Drop every cached entry (changes from other replicas may have been missed)."""
+        with self._lock:
+            self._cache.clear()
+            self._epoch += 1
 
     def get_account_limits(self, principal: Principal, account_id: str) -> AccountLimits:
         """The account's effective limits, fresh from the database."""
@@ -191,7 +220,7 @@ class PlanLimits:
                 repo.add_audit(
                     session, account_id, now, actor_of(principal), "LIMITS_UPDATED", detail
                 )
-        self.invalidate(account_id)
+        self.changed(account_id)
         return self.load(account_id)
 
 

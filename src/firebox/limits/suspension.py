@@ -126,15 +126,25 @@ class SuspensionService:
         hooks: SuspensionHooks,
         cache_ttl_s: float = 1.0,
         committed: Callable[[str], int | None] | None = None,
+        *,
+        trusted: Callable[[], bool] | None = None,
+        trusted_ttl_s: float = 1.0,
+        on_change: Callable[[str], None] | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._money = money
         self._hooks = hooks
         self._ttl = timedelta(seconds=cache_ttl_s)
+        # While ``trusted()`` (every change made elsewhere is announced, see
+        # ``limits/changes.py``), entries may live ``trusted_ttl_s``.
+        self._trusted = trusted
+        self._trusted_ttl = timedelta(seconds=trusted_ttl_s)
+        self._on_change = on_change
         self._committed = committed
         self._cache: dict[str, _Cached] = {}
         self._generations: dict[str, int] = {}  # bumped by every change stored
+        self._epoch = 0  # bumped by forget_all
         self._lock = threading.Lock()
         self.refresh = RefreshAhead("suspension reasons")
 
@@ -166,7 +176,7 @@ class SuspensionService:
     def _load(self, account_id: str) -> tuple[ActiveReason, ...]:
         """Read the reasons (lifting a past month's) and cache them unless a change came first."""
         with self._lock:
-            generation = self._generations.get(account_id, 0)
+            generation = (self._epoch, self._generations.get(account_id, 0))
         fetched = self._clock.now()
         active = self._read(account_id)
         monthly = _find(active, Reason.MONTHLY_SPEND_LIMIT_EXCEEDED)
@@ -180,7 +190,7 @@ class SuspensionService:
             if outcome is not None:
                 return outcome[0]
         with self._lock:
-            if self._generations.get(account_id, 0) == generation:
+            if (self._epoch, self._generations.get(account_id, 0)) == generation:
                 self._cache[account_id] = _Cached(active, fetched)
         return active
 
@@ -365,6 +375,11 @@ class SuspensionService:
                 account.suspend_state = suspend_state(after)
             active = _snapshot(rows, after)
         self._store(account_id, active)
+        if before != after and self._on_change is not None:
+            try:
+                self._on_change(account_id)  # other replicas drop their cached reasons
+            except Exception:
+                log.exception("announcing the suspension change of %s failed", account_id)
         if bool(before) != bool(after):
             self._hooks.notify(account_id, bool(after), after)
         return active, bool(audits)
@@ -386,14 +401,27 @@ class SuspensionService:
         if cached is None:
             return None
         age = now - cached.fetched
-        if age >= self._ttl:
+        ttl = self._trusted_ttl if self._trusted is not None and self._trusted() else self._ttl
+        if age >= ttl:
             return None
         monthly = _find(cached.reasons, Reason.MONTHLY_SPEND_LIMIT_EXCEEDED)
         if monthly is not None and repo.past(monthly.period, period_of(now)):
             return None  # the month rolled over: the next read lifts it
-        if self.refresh.due(age.total_seconds(), self._ttl.total_seconds()):
+        if self.refresh.due(age.total_seconds(), ttl.total_seconds()):
             self.refresh.start(account_id, lambda: self._load(account_id))
         return cached.reasons
+
+    def forget(self, account_id: str) -> None:
+        """Drop the cached reasons of ``account_id`` (changed on another replica)."""
+        with self._lock:
+            self._cache.pop(account_id, None)
+            self._generations[account_id] = self._generations.get(account_id, 0) + 1
+
+    def forget_all(self) -> None:
+        """Drop every cached entry (changes from other replicas may have been missed)."""
+        with self._lock:
+            self._cache.clear()
+            self._epoch += 1
 
     def _store(self, account_id: str, active: tuple[ActiveReason, ...]) -> None:
         """Cache reasons just written or checked (a re-read already running won't replace them)."""
