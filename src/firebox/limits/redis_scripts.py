@@ -44,15 +44,20 @@ local function is_second(field)
   return string.sub(field, 1, 1) ~= '_'
 end
 
-local function first_nonzero(key, from, to)
-  if to < from then
-    return nil
-  end
+-- The buckets of seconds from .. to (to >= from): their field names and values.
+local function buckets(key, from, to)
   local fields = {}
   for sec = from, to do
     fields[#fields + 1] = tostring(sec)
   end
-  local values = redis.call('HMGET', key, unpack(fields))
+  return fields, redis.call('HMGET', key, unpack(fields))
+end
+
+local function first_nonzero(key, from, to)
+  if to < from then
+    return nil
+  end
+  local fields, values = buckets(key, from, to)
   for i = 1, #fields do
     if values[i] and tonumber(values[i]) > 0 then
       return from + i - 1
@@ -109,11 +114,7 @@ local function window(key, now)
       redis.call('DEL', key)
       w.t, w.o = 0, nil
     elseif to >= from then
-      local fields = {}
-      for sec = from, to do
-        fields[#fields + 1] = tostring(sec)
-      end
-      local values = redis.call('HMGET', key, unpack(fields))
+      local fields, values = buckets(key, from, to)
       for i = 1, #fields do
         if values[i] then
           w.t = w.t - tonumber(values[i])
