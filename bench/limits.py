@@ -36,6 +36,7 @@ import time
 from array import array
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -242,6 +243,45 @@ def _fill_windows(redis_url: str) -> None:
     client.close()
 
 
+def script_cost(redis_url: str, calls: int = 3000) -> str:
+    """Redis's own time per call of the two admission scripts, on a full window.
+
+    From ``INFO commandstats`` (``cmdstat_evalsha``) before and after ``calls``
+    calls, so the client and the network are left out: what the server spends.
+    """
+    import redis
+
+    from firebox.limits.redis_scripts import ADMIT, SLIDING_WINDOW
+
+    client = redis.Redis.from_url(redis_url)
+    now = int(time.time())
+    key, spend = "bench:script-cost:rate", "bench:script-cost:{spend}"
+    parts = []
+    for name, source in (("sliding window", SLIDING_WINDOW), ("ADMIT", ADMIT)):
+        client.delete(key, spend, spend + ":res")
+        client.hset(key, mapping={str(sec): 1 for sec in range(now - 59, now + 1)})
+        script = client.register_script(source)
+
+        def call(i: int, script: Any = script, name: str = name) -> None:
+            if name == "ADMIT":
+                ms = now * 1000
+                args = [0, 0, 1, -1, ms, ms + 60_000, f"r{i}", 600, now, 60, 120, LIMIT, 1]
+                script(keys=[spend, spend + ":res", key], args=args)
+            else:
+                script(keys=[key], args=[now, LIMIT, 1, 60, 120, 1])
+
+        call(-1)  # loaded, and the old-layout window converted
+        before = client.info("commandstats")["cmdstat_evalsha"]
+        for i in range(calls):
+            call(i)
+        after = client.info("commandstats")["cmdstat_evalsha"]
+        per_call = (after["usec"] - before["usec"]) / (after["calls"] - before["calls"])
+        parts.append(f"{name} {per_call:.1f} µs")
+    client.delete(key, spend, spend + ":res")
+    client.close()
+    return ", ".join(parts)
+
+
 def _clean(redis_url: str) -> None:
     """Delete the counters the run left in Redis."""
     import redis
@@ -314,6 +354,7 @@ def main() -> None:
                         _fill_windows(redis_url)
                     rows += measure(what, redis_url, db_url, procs, args.seconds)
                     print(rows[-1] if what != "admit" else "\n".join(rows[-2:]), flush=True)
+    cost = script_cost(args.redis) if args.redis else None
     command = ".venv/bin/python bench/limits.py" + (f" --redis {args.redis}" if args.redis else "")
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     block = "\n".join(
@@ -323,6 +364,11 @@ def main() -> None:
             f"- Machine: {_machine()}; load average after: {load}",
             f"- Command: `{command}`",
             f"- {args.seconds:g} s per cell, every call timed; took {time.time() - started:.0f} s",
+            *(
+                [f"- Redis time per script call, full window (INFO commandstats): {cost}"]
+                if cost
+                else []
+            ),
             "",
             "| backend | processes | call | calls/s (all processes) | p50 µs | p99 µs |",
             "|---|---|---|---|---|---|",
