@@ -8,7 +8,6 @@ request. In-process for the embedded mode; Redis pub/sub for many replicas.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
@@ -18,6 +17,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 import redis
+
+from firebox.redis_channel import listen
 
 log = logging.getLogger("firebox.accounts.revocation")
 
@@ -125,23 +126,19 @@ class RedisRevocationBus:
         pipe.execute()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            try:
-                pubsub.subscribe(CHANNEL)
-                self._ready.set()
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message and message.get("type") == "message":
-                        self._deliver(message["data"])
-            except redis.RedisError:
-                log.warning("revocation channel lost; reconnecting")
-                if self._on_disconnect is not None:
-                    self._on_disconnect()
-                time.sleep(0.5)
-            finally:
-                with contextlib.suppress(redis.RedisError):
-                    pubsub.close()
+        listen(
+            self._client,
+            CHANNEL,
+            self._deliver,
+            self._stop,
+            on_subscribed=self._ready.set,
+            on_error=self._channel_lost,
+        )
+
+    def _channel_lost(self, exc: redis.RedisError) -> None:
+        log.warning("revocation channel lost; reconnecting")
+        if self._on_disconnect is not None:
+            self._on_disconnect()
 
     def close(self) -> None:
         self._stop.set()

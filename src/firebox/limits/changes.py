@@ -24,15 +24,15 @@ short lifetimes stay.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Protocol
 
 import redis
+
+from firebox.redis_channel import listen
 
 log = logging.getLogger(__name__)
 
@@ -144,28 +144,28 @@ class RedisChanges:
                 log.exception("an account-change listener failed for %s", account_id)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            try:
-                pubsub.subscribe(CHANNEL)
-                self._subscribed.set()
-                if self.lost:  # back after a loss: drop what was read while it was down
-                    self._lost()
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message and message.get("type") == "message":
-                        self._deliver(message["data"])
-            except redis.RedisError as exc:
-                if self._subscribed.is_set():
-                    self._subscribed.clear()
-                    self.lost += 1
-                    log.warning(
-                        "account-change channel lost (%s): cached admission state dropped, "
-                        "short cache lifetimes until it is back",
-                        exc,
-                    )
-                    self._lost()
-                time.sleep(self._retry_s)
-            finally:
-                with contextlib.suppress(redis.RedisError):
-                    pubsub.close()
+        listen(
+            self._client,
+            CHANNEL,
+            self._deliver,
+            self._stop,
+            on_subscribed=self._on_subscribed,
+            on_error=self._on_error,
+            retry_s=self._retry_s,
+        )
+
+    def _on_subscribed(self) -> None:
+        self._subscribed.set()
+        if self.lost:  # back after a loss: drop what was read while it was down
+            self._lost()
+
+    def _on_error(self, exc: redis.RedisError) -> None:
+        if self._subscribed.is_set():
+            self._subscribed.clear()
+            self.lost += 1
+            log.warning(
+                "account-change channel lost (%s): cached admission state dropped, "
+                "short cache lifetimes until it is back",
+                exc,
+            )
+            self._lost()
