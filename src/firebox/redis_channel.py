@@ -31,7 +31,7 @@ def listen(
     each failure, before the ``retry_s`` pause and the next attempt.
     """
     while not stop.is_set():
-        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(channel)
             on_subscribed()
