@@ -12,6 +12,7 @@ from firebox.accounts.bootstrap import BootstrapResult, run_bootstrap
 from firebox.accounts.credentials import save_credentials
 from firebox.app import create_app
 from firebox.catalog.preload import preload
+from firebox.http.connection_guard import ConnectionGuard
 from firebox.services import Services, build_services
 from firebox.settings import Settings
 from firebox.store import migrate
@@ -70,6 +71,11 @@ def serve(settings: Settings, announce: bool = True) -> None:
     # stop the event loop for tens of milliseconds at random requests (a 66 ms gen-2 pass
     # over a 110k-object heap was measured beside bench/limits.py).
     gc.freeze()
+    guard = ConnectionGuard(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_per_client=settings.max_connections_per_client,
+    )
     uvicorn.run(
         app,
         host=settings.host,
@@ -77,8 +83,12 @@ def serve(settings: Settings, announce: bool = True) -> None:
         log_level=settings.log_level.lower(),
         access_log=False,  # Firebox writes its own structured access log
         lifespan="on",
-        # uvicorn[standard]'s C parser; "auto" is its uvloop where built (not on Windows)
+        # "auto" is uvicorn[standard]'s uvloop where built (not on Windows)
         loop="auto",
-        http="httptools",
+        # uvicorn[standard]'s httptools parser, with read deadlines and the per-address
+        # cap (firebox/http/connection_guard.py); Firebox serves no WebSockets, and an
+        # upgraded connection would leave the guard's count.
+        http=guard.protocol_class(),
+        ws="none",
         server_header=False,
     )

@@ -42,6 +42,24 @@ class Settings(BaseSettings):
         default=True, description="Create the `demo` account, user and key on first start."
     )
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a client has, from connecting (or from the first byte of a "
+        "later request), to send a request's headers; then 408 and close.",
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a client has, after the headers, to send the whole body; "
+        "then 408 and close.",
+    )
+    max_connections_per_client: int = Field(
+        default=256,
+        ge=0,
+        description="Open connections one peer address may hold per process; more are "
+        "answered 429 and closed. 0: no cap. Behind a proxy every client is the proxy.",
+    )
     key_cache_ttl_s: float = Field(
         default=30.0,
         ge=0,

@@ -95,6 +95,32 @@ def test_global_options_go_before_or_after_the_command(
     assert before["name"] == f"accounts/{account}"
 
 
+def test_connection_options_after_the_noun(
+    api: httpx.Client, cli: Cli, server: RunningServer, new_id: NewId
+) -> None:
+    """``firebox list quotas --base-url URL --api-key K``, as firectl/kubectl/gh accept."""
+    account = new_id("acct")
+    make_account(api, account)
+    nowhere = "http://127.0.0.1:9"  # the environment points at nothing: only the flags can work
+    result = ok(
+        cli(
+            "list",
+            "quotas",
+            "--base-url",
+            server.url,
+            "--api-key",
+            ADMIN_KEY,
+            "--account",
+            account,
+            "-o",
+            "json",
+            api_key=None,
+            FIREBOX_BASE_URL=nowhere,
+        )
+    )
+    assert result.json()["quotas"]
+
+
 def test_create_user_then_list_update_and_get(api: httpx.Client, cli: Cli, new_id: NewId) -> None:
     account, user = new_id("acct"), new_id("user")
     make_account(api, account)

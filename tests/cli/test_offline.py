@@ -63,6 +63,19 @@ def test_server_down_exits_6(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_global_options_after_the_verb_are_used(run_main: RunMain) -> None:
+    """``--base-url`` after the noun is read (exit 6: that URL is down), not refused (exit 2)."""
+    url = closed_port_url()
+    result = run_main(
+        "list", "quotas", "--base-url", url, "--api-key", ADMIN_KEY, "--account", "a", "-o", "json"
+    )
+    assert result.returncode == 6, result.stderr
+    assert url in result.stderr
+    missing = run_main("list", "quotas", "--account", "a", "--base-url")
+    assert missing.returncode == 2
+    assert "'--base-url' requires a value" in missing.stderr
+
+
 def test_command_needing_an_account_without_one_exits_2(run_main: RunMain) -> None:
     result = run_main("list", "users")
     assert result.returncode == 2

@@ -7,7 +7,15 @@ import json
 
 from rich.console import Console
 
-from firebox.cli.output import Column, OutputFormat, Printer, cell, humanize
+from firebox.cli.output import (
+    Column,
+    OutputFormat,
+    Printer,
+    cell,
+    fit_widths,
+    humanize,
+    short_names,
+)
 
 
 def printer(fmt: OutputFormat) -> tuple[Printer, io.StringIO, io.StringIO]:
@@ -90,3 +98,41 @@ def test_done_prints_message_or_json() -> None:
     made, out, _ = printer(OutputFormat.JSON)
     made.done("Deleted API key key_1.", {})
     assert json.loads(out.getvalue()) == {}
+
+
+def test_short_names_keep_full_names_only_where_ambiguous() -> None:
+    names = [
+        "accounts/firebox/models/x",
+        "accounts/firebox/models/y",
+        "accounts/acme/models/y",
+        "2030-01-02",
+    ]
+    assert short_names(names) == [
+        "x",
+        "accounts/firebox/models/y",
+        "accounts/acme/models/y",
+        "2030-01-02",
+    ]
+
+
+def test_fit_widths_narrows_the_widest_columns_never_below_their_header() -> None:
+    headers = ["ID", "PROMPT TOKENS", "AMOUNT"]
+    rows = [["a" * 40, "12", "1.5"]]
+    assert fit_widths(headers, rows, room=60) is None  # fits as it is
+    widths = fit_widths(headers, rows, room=30)
+    assert widths == [11, 13, 6]  # the long id folds; headers stay whole
+    assert fit_widths(headers, rows, room=20) is None  # not even the headers fit
+
+
+def test_listing_never_overflows_a_narrow_console() -> None:
+    out = io.StringIO()
+    made = Printer(
+        OutputFormat.TABLE,
+        console=Console(file=out, width=50, color_system=None),
+        stderr=Console(file=io.StringIO(), width=50, color_system=None),
+    )
+    columns = (Column("NAME", "name"), Column("DISPLAY NAME", "displayName"))
+    made.listing([{**ACCOUNT, "name": "accounts/" + "a" * 80}], columns, field="accounts")
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 50 for line in lines)
+    assert sum(line.startswith("┃") for line in lines) == 1

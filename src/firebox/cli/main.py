@@ -4,6 +4,10 @@
     firebox create account acme --plan BUSINESS
     firebox --account acme list users
     firebox get account acme -o json
+    firebox list users --account acme --base-url http://gpu-box:8000
+
+Global options (--base-url, --api-key, --account, -o) go before or after the
+verb (firebox/cli/argv.py).
 
 Errors are printed as one ``error: ...`` line on stderr, never as a
 traceback, and the exit code tells a script what happened (0 ok, 1 API or
@@ -20,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from firebox.cli.argv import hoist_global_options
 from firebox.cli.commands import accounts, api_keys, billing, limits, server, users
 from firebox.cli.context import DEFAULT_BASE_URL, GlobalOptions
 from firebox.cli.errors import EXIT_CODES_HELP, CliError
@@ -77,8 +82,9 @@ def build_app() -> typer.Typer:
 
 def main() -> None:
     """Entry point of the ``firebox`` script: run, and map failures to exit codes."""
+    command = typer.main.get_command(build_app())
     try:
-        build_app()(prog_name="firebox")
+        command(args=hoist_global_options(command, sys.argv[1:]), prog_name="firebox")
     except CliError as exc:
         message = Text("error: ", style="bold red") + Text(exc.describe())
         Console(stderr=True).print(message, highlight=False, soft_wrap=True)

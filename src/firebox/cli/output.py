@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -57,6 +58,57 @@ def cell(value: Any) -> str:
     return text
 
 
+def short_names(names: Sequence[str]) -> list[str]:
+    """Resource names shortened to their last segment where no other name shares it.
+
+    ``accounts/firebox/models/x`` reads as ``x`` in a table unless another row is
+    ``accounts/acme/models/x``; those keep their full names. ``-o json`` always
+    has the full names.
+    """
+    last = [name.rsplit("/", 1)[-1] for name in names]
+    seen: dict[str, int] = {}
+    for segment in last:
+        seen[segment] = seen.get(segment, 0) + 1
+    return [seg if seg and seen[seg] == 1 else name for name, seg in zip(names, last, strict=True)]
+
+
+def _width(text: str) -> int:
+    return max((cell_len(line) for line in text.splitlines()), default=0)
+
+
+def fit_widths(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], room: int
+) -> list[int] | None:
+    """Content widths for a table's columns in ``room`` cells, headers kept on one line.
+
+    Rich, short of space, narrows every wrapping column alike, down to a letter
+    per line for headers too (``PROMPT TOKENS`` as ``PRO/MPT/TOK/ENS``), and its
+    ``min_width`` is not honoured by that last resort: the table overflows.
+    Here the widest columns give up width first (a water level), never below
+    their header, and their cells fold. None: the natural widths fit, or not
+    even the headers do (then Rich wraps as it can).
+    """
+    floors = [_width(header) for header in headers]
+    natural = [max([floor, *(_width(row[i]) for row in rows)]) for i, floor in enumerate(floors)]
+    if sum(natural) <= room or sum(floors) > room:
+        return None
+
+    def widths_at(level: int) -> list[int]:
+        return [max(floor, min(want, level)) for floor, want in zip(floors, natural, strict=True)]
+
+    low, high = 0, max(natural)  # widths_at(low) fits (it is the floors), widths_at(high) not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if sum(widths_at(middle)) <= room else (low, middle)
+    widths = widths_at(low)
+    spare = room - sum(widths)
+    for i, want in enumerate(natural):  # hand out what the level left, left to right
+        if spare and widths[i] < want:
+            widths[i] += 1
+            spare -= 1
+    return widths
+
+
 def to_json(data: Any) -> str:
     """The JSON text printed for ``-o json``: indented, keys in the server's order."""
     return json.dumps(data, indent=2, ensure_ascii=False)
@@ -69,6 +121,19 @@ def fields_table(obj: dict[str, Any]) -> Table:
     table.add_column("value", overflow="fold")
     for field, value in obj.items():
         table.add_row(Text(humanize(field)), Text(cell(value)))
+    return table
+
+
+def table_of(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int) -> Table:
+    """A list table no wider than ``width``: headers on one line, cells folded to fit."""
+    table = Table(header_style="bold")  # default box, one space of padding each side
+    room = width - (3 * len(headers) + 1)  # the borders and the padding
+    fitted = fit_widths(headers, rows, room)
+    widths: list[int | None] = list(fitted) if fitted else [None] * len(headers)
+    for header, column_width in zip(headers, widths, strict=True):
+        table.add_column(header, overflow="fold", width=column_width)
+    for row in rows:
+        table.add_row(*(Text(value) for value in row))
     return table
 
 
@@ -135,13 +200,9 @@ class Printer:
         if self.is_json:
             self.json({field: list(items), "totalSize": total})
             return
-        table = Table(header_style="bold")
         cols = list(columns)
-        for index, col in enumerate(cols):
-            table.add_column(col.header, overflow="fold", no_wrap=index == 0)
-        for item in items:
-            table.add_row(*(Text(cell(item.get(col.field))) for col in cols))
-        self.console.print(table)
+        rows = [[cell(item.get(col.field)) for col in cols] for item in items]
+        self.console.print(table_of([col.header for col in cols], rows, self.console.width))
         self.note(f"total: {total}")
 
     def done(self, message: str, data: dict[str, Any]) -> None:

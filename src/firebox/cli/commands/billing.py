@@ -19,7 +19,7 @@ from firebox.cli.client import segment
 from firebox.cli.commands.api_keys import rfc3339
 from firebox.cli.context import AccountOption, Call, OutputOption
 from firebox.cli.errors import UsageError
-from firebox.cli.output import Column
+from firebox.cli.output import Column, short_names
 from firebox.cli.verbs import Verbs
 
 PAYMENT_METHOD_COLUMNS = (
@@ -49,7 +49,7 @@ CREDIT_COLUMNS = (
     Column("CREATED", "createTime"),
 )
 USAGE_COLUMNS = (
-    Column("KEY", "key"),
+    Column("KEY", "key"),  # headed MODEL, DAY or KIND by get_usage
     Column("REQUESTS", "requests"),
     Column("PROMPT TOKENS", "promptTokens"),
     Column("CACHED", "cachedPromptTokens"),
@@ -310,7 +310,14 @@ def get_usage(
     if printer.is_json:
         printer.json(usage)
         return
-    printer.listing(usage.get("groups") or [], USAGE_COLUMNS, field="groups")
+    groups = [dict(group) for group in usage.get("groups") or []]
+    if by is GroupBy.MODEL:  # accounts/firebox/models/x -> x where no other row is an x
+        for group, short in zip(
+            groups, short_names([str(g.get("key", "")) for g in groups]), strict=True
+        ):
+            group["key"] = short
+    columns = (Column(by.value.upper(), "key"), *USAGE_COLUMNS[1:])
+    printer.listing(groups, columns, field="groups")
     total = usage.get("total") or {}
     printer.note(f"total: {total.get('amount', '0.00')} USD")
 
