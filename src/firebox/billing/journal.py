@@ -215,6 +215,11 @@ class Journal:
         self.flush()
         self._spool.release_all()
 
+    def abandon(self) -> None:
+        """Drop the files' locks without a flush, as a killed process does (tests, drills)."""
+        self._stop.set()
+        self._spool.release_all()
+
     # -- replay of dead processes' journals -------------------------------------------
 
     def claim_orphans(self) -> list[Segment]:

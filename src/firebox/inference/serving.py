@@ -249,7 +249,12 @@ class InferenceService:
                         yield responses.delta_chunk(shape, event, event.index not in sent_role)
                         sent_role.add(event.index)
                         # Taken by the response: counted as delivered (the journal reads it).
-                        progress.delivered(event.token_count, run.prompt_tokens, run.cached_tokens)
+                        # An upstream chunk whose count is unknown is one token (vLLM's own).
+                        progress.delivered(
+                            event.token_count or int(bool(event.text or event.tool_calls)),
+                            run.prompt_tokens,
+                            run.cached_tokens,
+                        )
                     elif isinstance(event, ChoiceFinished):
                         yield responses.finish_chunk(shape, event)
                     elif isinstance(event, PromptInfo | UsageReport):
