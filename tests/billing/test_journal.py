@@ -212,4 +212,3 @@ def test_a_live_process_journal_is_left_alone(
     finally:
         sink.close()
         live.abandon()
-
