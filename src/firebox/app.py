@@ -33,6 +33,7 @@ def create_app(services: Services) -> FastAPI:
         if services.settings.warm_local_engines:
             warm = asyncio.create_task(warm_local_engines(services.catalog, services.engines))
         services.period_job.start()  # month close, invoice retries, credit expiry
+        services.money.holds.start()  # reservations of requests a dead process left in flight
         yield
         if warm is not None:
             warm.cancel()

@@ -12,6 +12,7 @@ their cached view of it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from datetime import timedelta
 
 from firebox.accounts.principal import Principal
 from firebox.billing.ingest import UsageIngest
+from firebox.billing.journal import Journal, Recovered
 from firebox.billing.ledger import Ledger
 from firebox.billing.overrides import DbOverrides
 from firebox.billing.payments.provider import PaymentProvider
@@ -75,6 +77,59 @@ class MoneyFanout:
                 log.exception("money listener failed for account %s", account_id)
 
 
+class HoldRecovery:
+    """Closes the holds of requests a dead process left in flight, on the app's loop.
+
+    The ingest's writer thread reports them (``submit``); admission's
+    ``recover`` is async (the Redis guard's connection lives on the event
+    loop), so they are kept until the app's lifespan ``start``s this (the
+    first replay runs before uvicorn does) and then run as tasks there.
+    """
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[Recovered] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = 0  # holds handed to admission.recover
+
+    def submit(self, entries: list[Recovered]) -> None:
+        """Any thread: close the holds of ``entries`` (now, or once ``start`` ran)."""
+        with self._lock:
+            loop = self._loop
+            if loop is None:
+                self._pending.extend(entries)
+                return
+        try:
+            loop.call_soon_threadsafe(self._spawn, entries)
+        except RuntimeError:  # the loop closed (shutting down): the reservations expire
+            log.warning("%d in-flight hold(s) left to expire at shutdown", len(entries))
+
+    def start(self) -> None:
+        """On the event loop: run what was submitted so far, and all that comes later."""
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            pending, self._pending = self._pending, []
+        if pending:
+            self._spawn(pending)
+
+    def _spawn(self, entries: list[Recovered]) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(entries))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close(self, entries: list[Recovered]) -> None:
+        for entry in entries:
+            if entry.hold is not None:
+                await self._admission.recover(entry.hold, entry.usage)
+                self.closed += 1
+
+    async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
+
+
 class AccountEvents:
     """The accounts slice's listener: opens the books, routes the operator's rate limit."""
 
@@ -116,8 +171,10 @@ class MoneyServices:
     admission: Admission
     account_events: AccountEvents
     changes: AccountChanges
+    holds: HoldRecovery
 
     async def aclose(self) -> None:
+        await self.holds.aclose()  # before the guard closes its connection
         # The guard first: its deferred settlements still count generated tokens.
         for closable in (self.spend_guard, self.rate_limiter):
             aclose = getattr(closable, "aclose", None)
@@ -157,12 +214,14 @@ def build_money(settings: Settings, db: Database, clock: Clock, metrics: Metrics
         period_grace=timedelta(seconds=settings.period_close_grace_s),
     )
     ledger = Ledger(db, clock, fanout, book=book)
+    spool_dir = settings.resolved_spool_dir()
     ingest = UsageIngest(
         pricer,
         ledger,
-        settings.resolved_spool_dir(),
+        spool_dir,
         batch_size=settings.ledger_batch_size,
         max_delay_s=settings.ledger_max_delay_s,
+        journal=Journal(spool_dir, clock, interval_s=settings.inflight_journal_interval_s),
     )
     period_job = PeriodCloseJob(
         billing.closer,
@@ -221,6 +280,8 @@ def build_money(settings: Settings, db: Database, clock: Clock, metrics: Metrics
         admission = Enforcement(
             plans, rate_limiter, spend_guard, suspension, billing, clock, metrics=metrics
         )
+    holds = HoldRecovery(admission)
+    ingest.on_recovered = holds.submit
     return MoneyServices(
         billing=billing,
         pricer=pricer,
@@ -238,6 +299,7 @@ def build_money(settings: Settings, db: Database, clock: Clock, metrics: Metrics
         admission=admission,
         account_events=AccountEvents(billing, plans),
         changes=changes,
+        holds=holds,
     )
 
 

@@ -22,7 +22,7 @@ from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.inference.embeddings import EmbeddingService
-from firebox.inference.metering import UsageSink
+from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
 from firebox.inference.models import ModelResolver
 from firebox.inference.router import DefaultEngineFactory, EngineFactory, EngineRouter
 from firebox.inference.serving import InferenceService
@@ -143,6 +143,10 @@ def build_services(
     engines = EngineRouter(engine_factory or DefaultEngineFactory(models_dir), models_dir)
     recorded: UsageSink = usage or money.ingest  # where usage records end up
     sink = CountingUsageSink(recorded, metrics)
+    # In-flight requests are journaled beside the ledger's spool; an injected sink has none.
+    journal: UsageJournal = (
+        money.ingest.journal if usage is None and money.ingest.journal else NoJournal()
+    )
     return Services(
         settings=settings,
         db=db,
@@ -157,7 +161,7 @@ def build_services(
         catalog=catalog,
         engines=engines,
         usage=recorded,
-        inference=InferenceService(models, engines, sink, clock, money.admission),
+        inference=InferenceService(models, engines, sink, clock, money.admission, journal),
         embeddings=EmbeddingService(models, engines, sink, clock, money.admission),
         money=money,
         test_clock=test_clock,

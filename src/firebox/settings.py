@@ -106,6 +106,13 @@ class Settings(BaseSettings):
         description="Where usage records are written ahead of the ledger; "
         "defaults to <data dir>/spool. Keep it on local disk, one per host.",
     )
+    inflight_journal_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description="How often each stream's delivered token counts are journaled in the "
+        "spool dir; a killed process leaves at most this much generation per stream unbilled.",
+    )
     ledger_batch_size: int = Field(default=5000, ge=1, le=100_000)
     ledger_max_delay_s: float = Field(default=0.02, gt=0, le=5)
     period_close_interval_s: float = Field(

@@ -28,6 +28,11 @@ Never drop a record:
   every segment no live process holds, replays it and deletes it, before the
   writer takes new records; the writer rescans every ``rescan_s`` for
   segments of processes that died while this one runs.
+- Process killed mid-request: the in-flight journal (``billing/journal.py``,
+  ``journal``) of a dead process is claimed right after its usage segments
+  (at start and on every rescan), its open entries billed at their last
+  recorded counts (same request id: a normal record already written wins)
+  and every entry handed to ``on_recovered`` (admission closes the holds).
 - Pricing errors (a model without a price) are logged and counted
   (``pricing_errors``); serving should have refused such a model at admission.
 
@@ -40,10 +45,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from firebox.billing.journal import Journal, Recovered
+from firebox.billing.journal import read as read_journal
 from firebox.billing.pricing import PricedUsage
 from firebox.billing.spool import Segment, Spool, encode
 from firebox.inference.metering import UsageRecord
@@ -81,6 +88,7 @@ class UsageIngest:
         retry_max_s: float = 5.0,
         pace: float = 10.0,
         max_pace_delay_s: float = 0.2,
+        journal: Journal | None = None,
     ) -> None:
         self._pricer = pricer
         self._ledger = ledger
@@ -102,11 +110,15 @@ class UsageIngest:
         self._recovered = threading.Event()
         self._thread: threading.Thread | None = None
         self._orphans: list[Segment] = []
+        self.journal = journal  # requests in flight; replayed after dead processes' spools
+        # Told (on the writer thread) about each request a dead process left in flight.
+        self.on_recovered: Callable[[list[Recovered]], None] | None = None
         # Counters (read them as attributes; only ever rise).
         self.recorded = 0  # records accepted by record() (priced)
         self.committed = 0  # of those, committed to the ledger
         self.written = 0  # usage rows newly inserted (replays of known ids insert none)
         self.recovered = 0  # records replayed from segments of dead processes
+        self.interrupted = 0  # requests billed from dead processes' in-flight journals
         self.failed_batches = 0  # ledger.apply calls that raised (each retried)
         self.pricing_errors = 0  # records that could not be priced (not written)
         self.backpressure_waits = 0  # record() calls that found the queue full
@@ -210,6 +222,8 @@ class UsageIngest:
                 )
                 self._abandon.set()
                 thread.join(10)
+        if self.journal is not None:
+            self.journal.stop()
         self.spool.release_all()
 
     # -- the writer thread ------------------------------------------------------
@@ -220,6 +234,8 @@ class UsageIngest:
                 if not self._replay(segment, own=False):
                     return
             self._orphans = []
+            if not self._recover_journal():
+                return
             self._recovered.set()
             next_scan = time.monotonic() + self._rescan_s
             while not self._abandon.is_set():
@@ -240,6 +256,8 @@ class UsageIngest:
                     for segment in self.spool.claim_orphans():
                         if not self._replay(segment, own=False):
                             return
+                    if not self._recover_journal():
+                        return
         except Exception:
             logger.exception("usage ingest writer stopped; the spool keeps what it had")
         finally:
@@ -298,20 +316,9 @@ class UsageIngest:
     def _replay(self, segment: Segment, *, own: bool) -> bool:
         """Apply every record in ``segment``'s file, then delete it; False if abandoned."""
         records, corrupt = segment.records()
-        priced: list[PricedUsage] = []
-        for record in records:
-            try:
-                priced.append(self._pricer.price(record))
-            except Exception:
-                with self._count_lock:
-                    self.pricing_errors += 1
-                logger.exception("spooled usage record %s has no price", record.request_id)
-        for start in range(0, len(priced), self._batch_size):
-            written = self._apply(priced[start : start + self._batch_size])
-            if written is None:
-                return False
-            with self._progress:
-                self.written += written
+        priced = self._price_all(records)
+        if not self._apply_all(priced):
+            return False
         with self._progress:
             self.corrupt_lines += corrupt
             if own:
@@ -323,6 +330,61 @@ class UsageIngest:
             self.spool.delete(segment)
         else:
             segment.delete()
+        return True
+
+    def _recover_journal(self) -> bool:
+        """Bill and hand over what dead processes' journals left open; False if abandoned.
+
+        Runs after their usage segments were replayed, so a request whose
+        normal record made it is already in the ledger and its journal record
+        (same request id) inserts nothing.
+        """
+        if self.journal is None:
+            return True
+        segments = self.journal.claim_orphans()
+        if not segments:
+            return True
+        entries, corrupt = read_journal(segments)
+        records = [e.usage for e in entries if e.usage is not None]
+        logger.info(
+            "settling %d request(s) left in flight by a dead process (%d billed)",
+            len(entries),
+            len(records),
+        )
+        if not self._apply_all(self._price_all(records)):
+            return False
+        with self._progress:
+            self.interrupted += len(records)
+            self.corrupt_lines += corrupt
+            self._progress.notify_all()
+        if self.on_recovered is not None and entries:
+            try:
+                self.on_recovered(entries)
+            except Exception:
+                logger.exception("closing the holds of requests left in flight failed")
+        for segment in segments:
+            segment.delete()
+        return True
+
+    def _price_all(self, records: Sequence[UsageRecord]) -> list[PricedUsage]:
+        priced: list[PricedUsage] = []
+        for record in records:
+            try:
+                priced.append(self._pricer.price(record))
+            except Exception:
+                with self._count_lock:
+                    self.pricing_errors += 1
+                logger.exception("spooled usage record %s has no price", record.request_id)
+        return priced
+
+    def _apply_all(self, priced: Sequence[PricedUsage]) -> bool:
+        """Apply ``priced`` in batches (counting new rows); False if abandoned."""
+        for start in range(0, len(priced), self._batch_size):
+            written = self._apply(priced[start : start + self._batch_size])
+            if written is None:
+                return False
+            with self._progress:
+                self.written += written
         return True
 
     def _apply(self, batch: Sequence[PricedUsage]) -> int | None:

@@ -21,6 +21,10 @@ idempotent by request id, so replaying records already written changes
 nothing) and deletes it. A segment is deleted while still locked, so a
 claimer that loses the race finds the file gone (checked by inode).
 
+The same mechanism, under another ``name`` and ``suffix``, holds the
+in-flight journal (``billing/journal.py``); each kind claims only its own
+suffix.
+
 A segment is *sealed* (no more appends) when it holds ``segment_records``
 lines, or when the ingest seals it (to replay records that never reached the
 in-memory queue, or at close). A sealed segment whose records are all
@@ -60,7 +64,11 @@ def encode(usage: UsageRecord) -> bytes:
 
 def decode(line: bytes) -> UsageRecord:
     """The record of one spool line; raises ``ValueError`` on a torn or foreign line."""
-    data: Any = orjson.loads(line)
+    return record_of(orjson.loads(line))
+
+
+def record_of(data: Any) -> UsageRecord:
+    """The record a decoded JSON object holds; raises ``ValueError`` if it is not one."""
     if not isinstance(data, dict):
         raise ValueError("a spool line must be a JSON object")
     known = {k: v for k, v in data.items() if k in _FIELDS}  # newer writers may add fields
@@ -102,6 +110,10 @@ class Segment:
                 logger.error("skipping an unreadable line in usage spool %s", self.path)
         return records, corrupt
 
+    def lines(self) -> Iterator[bytes]:
+        """The file's non-blank lines, as written (the journal reads its own kind)."""
+        return self._lines()
+
     def _lines(self) -> Iterator[bytes]:
         with open(self.path, "rb") as file:  # a fresh descriptor: our fd is append-only
             for line in file:
@@ -133,15 +145,22 @@ class Spool:
     """This process's segments in ``directory``: appends, rolls, seals, claims orphans."""
 
     def __init__(
-        self, directory: Path, *, segment_records: int = 10_000, fsync: bool = False
+        self,
+        directory: Path,
+        *,
+        segment_records: int = 10_000,
+        fsync: bool = False,
+        name: str = "usage",
+        suffix: str = SUFFIX,
     ) -> None:
         if segment_records < 1:
             raise ValueError("segment_records must be at least 1")
         self.directory = directory
         self.segment_records = segment_records
         self.fsync = fsync
+        self.suffix = suffix  # what claim_orphans looks for: one file kind per suffix
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._prefix = f"usage-{os.getpid()}-{secrets.token_hex(4)}"
+        self._prefix = f"{name}-{os.getpid()}-{secrets.token_hex(4)}"
         self._seq = 0
         self._lock = threading.Lock()
         self._current: Segment | None = None
@@ -215,7 +234,7 @@ class Spool:
                 if time.time() - stale.stat().st_mtime > STALE_NEW_S:
                     stale.unlink()
         claimed: list[Segment] = []
-        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+        for path in sorted(self.directory.glob(f"*{self.suffix}")):
             try:
                 fd = os.open(path, os.O_RDWR | os.O_APPEND)
             except FileNotFoundError:
@@ -238,7 +257,7 @@ class Spool:
 
     def _open_segment(self) -> Segment:
         self._seq += 1
-        path = self.directory / f"{self._prefix}-{self._seq:06d}{SUFFIX}"
+        path = self.directory / f"{self._prefix}-{self._seq:06d}{self.suffix}"
         # Created and locked under a name claimers do not look at, then renamed (same
         # inode, same lock): a claimer never sees a fresh segment unlocked.
         hidden = path.with_suffix(".new")

@@ -50,6 +50,15 @@ class Ticket(Protocol):
     @property
     def headers(self) -> dict[str, str]: ...
 
+    @property
+    def hold(self) -> dict[str, object] | None:
+        """What the ticket holds (a reservation), as JSON-able values; None if nothing.
+
+        The in-flight journal writes it at admission, so that when this
+        process dies a later one can close it with ``Admission.recover``.
+        """
+        ...
+
     async def settle(self, usage: UsageRecord | None) -> None:
         """Settle to ``usage`` (or release when ``None``); later calls do nothing."""
         ...
@@ -70,12 +79,24 @@ class Admission(Protocol):
         """A ticket for ``demand``, or raise ``RateLimited`` / ``PaymentRequired``."""
         ...
 
+    async def recover(self, hold: dict[str, object], usage: UsageRecord | None) -> None:
+        """Close a ``Ticket.hold`` left by a dead process: settle to ``usage`` or release.
+
+        Idempotent (a hold already settled or released changes nothing);
+        never raises.
+        """
+        ...
+
 
 @dataclass
 class OpenTicket:
     """A ticket that holds nothing."""
 
     headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hold(self) -> dict[str, object] | None:
+        return None
 
     async def settle(self, usage: UsageRecord | None) -> None:
         return None
@@ -89,3 +110,6 @@ class OpenAdmission:
 
     async def admit(self, principal: Principal, demand: Demand) -> Ticket:
         return OpenTicket()
+
+    async def recover(self, hold: dict[str, object], usage: UsageRecord | None) -> None:
+        return None

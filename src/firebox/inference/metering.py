@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-Outcome = Literal["completed", "stopped", "cancelled", "failed"]
+# "interrupted": settled from the in-flight journal after the process serving it died.
+Outcome = Literal["completed", "stopped", "cancelled", "failed", "interrupted"]
 UsageKind = Literal["chat", "completion", "embedding", "image", "deployment", "fine_tuning"]
 
 
@@ -53,6 +54,56 @@ class UsageSink(Protocol):
     """Receives usage records; must not block the request (queue and return)."""
 
     def record(self, usage: UsageRecord) -> None: ...
+
+
+class Progress:
+    """What one admitted request has delivered so far, as the in-flight journal sees it.
+
+    Serving bumps the counters as it hands chunks to the client (plain
+    attribute writes: nothing per token touches the disk); the journal reads
+    them about once a second and writes what changed, so a process killed
+    mid-stream leaves at most a second of delivered tokens unrecorded.
+    """
+
+    __slots__ = ("cached_prompt_tokens", "completion_tokens", "done", "prompt_tokens", "request_id")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.prompt_tokens = 0
+        self.cached_prompt_tokens = 0
+        self.completion_tokens = 0  # delivered to the client, not just generated
+        self.done = False  # its normal usage record was handed to the sink
+
+    def delivered(self, completion_tokens: int, prompt_tokens: int, cached: int) -> None:
+        """``completion_tokens`` more went to the client; the prompt counts so far."""
+        self.completion_tokens += completion_tokens
+        self.prompt_tokens = prompt_tokens
+        self.cached_prompt_tokens = cached
+
+
+class UsageJournal(Protocol):
+    """The in-flight journal: admitted requests and their running counts, on disk.
+
+    ``open`` writes the entry before the request runs: ``usage`` is the
+    record the request would get (its counts are ignored), ``hold`` what its
+    admission ticket holds (``Ticket.hold``). ``close`` is called once the
+    normal record is in the sink. A later process settles every entry its
+    dead writer left open at the last recorded counts (``billing/journal.py``).
+    """
+
+    def open(self, usage: UsageRecord, hold: dict[str, object] | None) -> Progress: ...
+
+    def close(self, progress: Progress) -> None: ...
+
+
+class NoJournal:
+    """Journals nothing (a sink without a spool: tests of serving alone)."""
+
+    def open(self, usage: UsageRecord, hold: dict[str, object] | None) -> Progress:
+        return Progress(usage.request_id)
+
+    def close(self, progress: Progress) -> None:
+        progress.done = True
 
 
 class CollectingUsageSink:

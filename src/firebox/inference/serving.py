@@ -32,7 +32,14 @@ from firebox.inference.engine import (
     TextEngine,
     UsageReport,
 )
-from firebox.inference.metering import Outcome, UsageRecord, UsageSink
+from firebox.inference.metering import (
+    NoJournal,
+    Outcome,
+    Progress,
+    UsageJournal,
+    UsageRecord,
+    UsageSink,
+)
 from firebox.inference.models import ModelRef, ModelResolver
 from firebox.inference.protocol import ChatCompletionRequest, CompletionRequest
 from firebox.inference.router import EngineRouter
@@ -78,12 +85,14 @@ class InferenceService:
         usage: UsageSink,
         clock: Clock,
         admission: Admission | None = None,
+        journal: UsageJournal | None = None,
     ) -> None:
         self._models = models
         self._router = router
         self._usage = usage
         self._clock = clock
         self._admission = admission or OpenAdmission()
+        self._journal = journal or NoJournal()
 
     async def generate(
         self, principal: Principal, body: Body, request_id: str
@@ -107,6 +116,10 @@ class InferenceService:
                 await ticket.settle(None)
             raise
         meter = _Meter(self._usage, self._clock, principal, model, kind, request_id, images, ticket)
+        # Journaled before the engine runs: if this process dies, a later one closes the ticket's
+        # hold and bills what the stream delivered (billing/journal.py).
+        meter.progress = self._journal.open(meter.record(None, "interrupted"), ticket.hold)
+        meter.journal = self._journal
         shape = responses.Shape(kind, request_id, body.model, int(time.time()))
         if body.stream:
             return await self._stream(run, meter, shape, body)
@@ -217,6 +230,8 @@ class InferenceService:
             raise
         headers = meter.headers(run) if run.prompt_known else meter.ticket_headers()
 
+        progress = meter.progress
+
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             outcome: Outcome = "stopped"
             try:
@@ -233,6 +248,13 @@ class InferenceService:
                     if isinstance(event, TextDelta):
                         yield responses.delta_chunk(shape, event, event.index not in sent_role)
                         sent_role.add(event.index)
+                        # Taken by the response: counted as delivered (the journal reads it).
+                        # An upstream chunk whose count is unknown is one token (vLLM's own).
+                        progress.delivered(
+                            event.token_count or int(bool(event.text or event.tool_calls)),
+                            run.prompt_tokens,
+                            run.cached_tokens,
+                        )
                     elif isinstance(event, ChoiceFinished):
                         yield responses.finish_chunk(shape, event)
                     elif isinstance(event, PromptInfo | UsageReport):
@@ -281,6 +303,8 @@ class _Meter:
         self._request_id = request_id
         self._images = images
         self._emitted = False
+        self.progress = Progress(request_id)  # what the stream delivered (the journal's)
+        self.journal: UsageJournal = NoJournal()
 
     def prompt_tokens(self, run: GenerationRun) -> int:
         return run.prompt_tokens + IMAGE_PROMPT_TOKENS * self._images
@@ -321,30 +345,38 @@ class _Meter:
             return
         self._emitted = True
         if outcome == "failed" and not run.produced_output():
+            self.journal.close(self.progress)
             await self._ticket.settle(None)  # nothing was produced: nothing to bill
             return
-        perf = run.perf_metrics()
-        record = UsageRecord(
+        record = self.record(run, outcome)
+        try:
+            self._sink.record(record)
+        except Exception:  # metering must never break an answer; the sink logs its own
+            log.exception("usage record %s could not be queued", self._request_id)
+        self.journal.close(self.progress)  # the record (spooled) supersedes the journal entry
+        await self._ticket.settle_soon(record)  # the record is queued: may settle after
+
+    def record(self, run: GenerationRun | None, outcome: Outcome) -> UsageRecord:
+        """The usage record of this request after ``run`` (counts zero before it runs)."""
+        perf = run.perf_metrics() if run is not None else None
+        return UsageRecord(
             request_id=self._request_id,
             account_id=self._principal.account_id,
             model=self._model.name,
             base_model=self._model.billing_model,
             kind=self._kind,
             time=self._clock.now(),
-            prompt_tokens=run.prompt_tokens,
-            completion_tokens=run.billable_completion_tokens(),
-            cached_prompt_tokens=run.cached_tokens,
+            prompt_tokens=run.prompt_tokens if run is not None else 0,
+            completion_tokens=run.billable_completion_tokens() if run is not None else 0,
+            cached_prompt_tokens=run.cached_tokens if run is not None else 0,
             images=self._images,
             adapter=self._model.adapter,
             deployment=self._model.deployment,
             outcome=outcome,
-            time_to_first_token_ms=perf["time_to_first_token_ms"] if run.first_token_at else None,
-            duration_ms=float(perf["total_time_ms"]),
+            time_to_first_token_ms=(
+                perf["time_to_first_token_ms"] if perf and run and run.first_token_at else None
+            ),
+            duration_ms=float(perf["total_time_ms"]) if perf else 0.0,
             price_class=self._model.price_class,
             explicit_price_micros=self._model.explicit_price_micros,
         )
-        try:
-            self._sink.record(record)
-        except Exception:  # metering must never break an answer; the sink logs its own
-            log.exception("usage record %s could not be queued", self._request_id)
-        await self._ticket.settle_soon(record)  # the record is queued: may settle after

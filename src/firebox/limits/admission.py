@@ -322,6 +322,29 @@ class Enforcement:
         except Exception:
             log.exception("suspending %s for %s failed", account, refusal.reason)
 
+    async def recover(self, hold: dict[str, object], usage: UsageRecord | None) -> None:
+        """Settle (to ``usage``'s cost) or release a reservation a dead process left open.
+
+        Only a reservation kept in Redis outlives its process (an in-process
+        one, or one made while Redis was down, died with it: nothing to do).
+        The guard's scripts act only while the reservation is open, so a
+        replay of the same hold, or one whose process settled it just before
+        dying, changes nothing. Never raises.
+        """
+        reservation = _reservation_of(hold)
+        if reservation is None:
+            log.error("in-flight journal hold %r is not a reservation; ignored", hold)
+            return
+        if not reservation.shared:
+            return
+        try:
+            if usage is None:
+                await self._guard.release(reservation)
+            else:
+                await self._guard.settle(reservation, self._money.cost(usage))
+        except Exception:
+            log.exception("recovering reservation %s failed; it expires", reservation.id)
+
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
             self._metrics.admission(outcome)
@@ -352,6 +375,17 @@ class EnforcedTicket:
     @property
     def reservation(self) -> Reservation:
         return self._reservation
+
+    @property
+    def hold(self) -> dict[str, object] | None:
+        r = self._reservation
+        return {
+            "id": r.id,
+            "account_id": r.account_id,
+            "period": r.period,
+            "micros": r.micros,
+            "shared": r.shared,
+        }
 
     async def settle(self, usage: UsageRecord | None) -> None:
         """Settle to ``usage``'s cost, or release; only the first call counts; never raises."""
@@ -400,3 +434,13 @@ class EnforcedTicket:
             await self._enforcement._guard.release(self._reservation)
         except Exception:
             log.exception("releasing reservation %s failed", self._reservation.id)
+
+
+def _reservation_of(hold: dict[str, object]) -> Reservation | None:
+    """The reservation an ``EnforcedTicket.hold`` describes; None if it is not one."""
+    fields = (hold.get("id"), hold.get("account_id"), hold.get("period"))
+    micros, shared = hold.get("micros"), hold.get("shared")
+    if not all(isinstance(f, str) for f in fields) or not isinstance(micros, int):
+        return None
+    reservation_id, account_id, period = (str(f) for f in fields)
+    return Reservation(reservation_id, account_id, period, micros, shared=shared is True)
