@@ -143,10 +143,14 @@ class InferenceService:
         if isinstance(body, CompletionRequest) and body.logprobs:
             top_logprobs = body.logprobs
         # Without max_tokens a choice may generate the model's default bound (what
-        # admission reserved for), or up to the end of the context if that comes first.
+        # admission reserved for), or up to the end of the context if that comes first;
+        # a context no longer than the default is left to the engine (its rest is less).
         explicit = body.token_limit()
+        max_tokens = explicit
+        if explicit is None and not 0 < model.context_length <= model.max_completion_tokens:
+            max_tokens = model.max_completion_tokens
         params = SamplingParams(
-            max_tokens=model.max_completion_tokens if explicit is None else explicit,
+            max_tokens=max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
             top_k=body.top_k or 0,
