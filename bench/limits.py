@@ -265,7 +265,7 @@ def script_cost(redis_url: str, calls: int = 3000) -> str:
         def call(i: int, script: Any = script, name: str = name) -> None:
             if name == "ADMIT":
                 ms = now * 1000
-                args = [0, 0, 1, -1, ms, ms + 60_000, f"r{i}", 600, now, 60, 120, LIMIT, 1]
+                args = [0, 0, 1, -1, ms, ms + 60_000, f"r{i}", 600, 1, now, 60, 120, LIMIT, 1]
                 script(keys=[spend, spend + ":res", key], args=args)
             else:
                 script(keys=[key], args=[now, LIMIT, 1, 60, 120, 1])

@@ -278,7 +278,14 @@ def build_money(settings: Settings, db: Database, clock: Clock, metrics: Metrics
     admission: Admission = OpenAdmission()
     if settings.enforcement:
         admission = Enforcement(
-            plans, rate_limiter, spend_guard, suspension, billing, clock, metrics=metrics
+            plans,
+            rate_limiter,
+            spend_guard,
+            suspension,
+            billing,
+            clock,
+            metrics=metrics,
+            spend_wait_s=settings.spend_wait_s,
         )
     holds = HoldRecovery(admission)
     ingest.on_recovered = holds.submit

@@ -138,7 +138,7 @@ def build_services(
     money = build_money(settings, db, clock, metrics)
     catalog = CatalogService(db, clock, refresh_s=settings.catalog_refresh_s)
     catalog.deployed_models.quotas = money.quotas
-    models = ModelResolver(catalog)
+    models = ModelResolver(catalog, settings.default_max_completion_tokens)
     models_dir = settings.models_dir
     engines = EngineRouter(engine_factory or DefaultEngineFactory(models_dir), models_dir)
     recorded: UsageSink = usage or money.ingest  # where usage records end up

@@ -129,6 +129,21 @@ class Settings(BaseSettings):
         description="Rate limits, spend limits and suspension on inference; off only "
         "for benchmarks and engines with no billing.",
     )
+    default_max_completion_tokens: int = Field(
+        default=2048,
+        ge=1,
+        le=10_000_000,
+        description="How many tokens a chat or completions choice may generate when the "
+        "request sets no max_tokens (never past the model's context); admission reserves "
+        "money for that many.",
+    )
+    spend_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=30,
+        description="How long a request refused only because other requests' spend "
+        "reservations fill the account's cap waits for room before its 429 spend_reserved.",
+    )
     replicas: int = Field(
         default=1,
         ge=1,

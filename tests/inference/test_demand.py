@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 
 from firebox.catalog.binding import LocalEngine
 from firebox.catalog.kinds import ModelKind
 from firebox.inference.demand import (
     TEMPLATE_TOKENS_PER_MESSAGE,
-    UNKNOWN_CONTEXT_TOKENS,
+    completion_bound,
     embedding_demand,
     generation_demand,
 )
-from firebox.inference.models import ModelRef
+from firebox.inference.models import DEFAULT_MAX_COMPLETION_TOKENS, ModelRef
 from firebox.inference.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingCreate
 
 
@@ -37,6 +39,7 @@ def test_token_id_prompts_are_counted_exactly_and_choices_multiply() -> None:
     demand = generation_demand(body, ref(512), "acme", "r1", 0)
     assert demand.prompt_tokens == 4
     assert demand.completion_tokens == 2 * 2 * 5  # two prompts, two choices each
+    assert demand.choices == 4
     assert demand.price_class == "TEXT_DENSE_UP_TO_16B" and demand.account_id == "acme"
 
 
@@ -51,19 +54,34 @@ def test_chat_prompt_is_bounded_by_its_bytes_plus_a_template_allowance() -> None
     assert demand.completion_tokens == 7 and demand.images == 2
 
 
-def test_without_max_tokens_each_choice_may_fill_the_context() -> None:
+def test_without_max_tokens_each_choice_may_fill_a_short_context() -> None:
     body = CompletionRequest.model_validate({"model": "m", "prompt": "x" * 5000, "n": 3})
     demand = generation_demand(body, ref(1024), "acme", "r1", 0)
     assert demand.prompt_tokens == 1024  # a longer prompt is refused by the engine
     assert demand.completion_tokens == 3 * 1024
 
 
-def test_an_unknown_context_length_caps_nothing() -> None:
+def test_without_max_tokens_a_choice_is_bounded_by_the_default_not_the_context() -> None:
+    """A request without max_tokens no longer reserves the whole context (issue 13, finding 7)."""
+    messages = [{"role": "user", "content": "hi"}]
+    chat = ChatCompletionRequest.model_validate({"model": "m", "messages": messages, "n": 2})
+    demand = generation_demand(chat, ref(131_072), "acme", "r1", 0)
+    assert demand.completion_tokens == 2 * DEFAULT_MAX_COMPLETION_TOKENS
+    assert demand.choices == 2
+    operator_set = replace(ref(131_072), max_completion_tokens=300)
+    assert completion_bound(chat, operator_set) == 300
+    explicit = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": messages, "max_tokens": 5000}
+    )
+    assert completion_bound(explicit, operator_set) == 5000  # what the caller asked for
+
+
+def test_an_unknown_context_length_is_bounded_by_the_default() -> None:
     prompt = "y" * 100_000
     body = CompletionRequest.model_validate({"model": "m", "prompt": prompt})
     demand = generation_demand(body, ref(0), "acme", "r1", 0)
     assert demand.prompt_tokens == 100_000 + TEMPLATE_TOKENS_PER_MESSAGE
-    assert demand.completion_tokens == UNKNOWN_CONTEXT_TOKENS
+    assert demand.completion_tokens == DEFAULT_MAX_COMPLETION_TOKENS
 
 
 def test_embedding_demand_is_the_inputs_only() -> None:
@@ -71,3 +89,4 @@ def test_embedding_demand_is_the_inputs_only() -> None:
     demand = embedding_demand(body, ref(512, ModelKind.EMBEDDING), "acme", "r2")
     assert demand.prompt_tokens == 2 + 3 + 2 * TEMPLATE_TOKENS_PER_MESSAGE
     assert demand.completion_tokens == 0 and demand.kind == "embedding"
+    assert demand.choices == 0

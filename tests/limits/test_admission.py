@@ -47,11 +47,12 @@ def anyio_backend() -> str:
 
 
 class Money:
-    """A MoneySource whose prices are 1 micro-USD per token."""
+    """A MoneySource whose prices are ``unit`` micro-USD per 1M tokens (1 per token)."""
 
     def __init__(self) -> None:
         self.states: dict[str, SpendState] = {}
         self.broken = False  # pricing fails (a settlement that raises)
+        self.unit = 1_000_000
 
     def spend_state(self, account_id: str) -> SpendState:
         return self.states.get(account_id) or SpendState(
@@ -61,10 +62,12 @@ class Money:
     def cost(self, usage: UsageRecord) -> int:
         if self.broken:
             raise RuntimeError("no price for this model")
-        return usage.prompt_tokens + usage.completion_tokens
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        return -(-(tokens * self.unit) // 1_000_000)
 
     def worst_case_cost(self, demand: Demand) -> int:
-        return demand.prompt_tokens + demand.completion_tokens
+        tokens = demand.prompt_tokens + demand.completion_tokens
+        return -(-(tokens * self.unit) // 1_000_000)
 
 
 class Metrics:
@@ -81,7 +84,9 @@ class Metrics:
 
 
 class World:
-    def __init__(self, db: Database, redis_url: str | None = None) -> None:
+    def __init__(
+        self, db: Database, redis_url: str | None = None, spend_wait_s: float = 0.2
+    ) -> None:
         self.clock = FakeClock(START)
         self.db = db
         self.money = Money()
@@ -110,6 +115,7 @@ class World:
             self.money,
             self.clock,
             self.metrics,
+            spend_wait_s=spend_wait_s,
         )
         for account, plan in (
             ("acme", "BUSINESS"),
@@ -254,12 +260,14 @@ async def test_suspended_accounts_get_a_402_saying_what_lifts_it(
 async def test_spend_cap_refuses_and_suspends_when_reached(both: World) -> None:
     both.money.states["acme"] = SpendState("acme", "2026-03", 0, 1000, 0, True, False)
     first = await both.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
-    # Only the other request in flight makes this one not fit: refused, not suspended.
-    with pytest.raises(PaymentRequired) as soft:
+    # Only the other request in flight makes this one not fit: after waiting for room,
+    # a 429 to retry, never a 402 nor a suspension.
+    with pytest.raises(RateLimited) as soft:
         await both.enforcement.admit(MEMBER, demand(prompt=100, completion=500))
-    assert soft.value.code == "monthly_spend_limit_exceeded"
+    assert soft.value.code == "spend_reserved"
+    assert soft.value.headers == {"Retry-After": "1"}
     assert both.suspension.reasons("acme") == ()
-    assert "lower max_tokens" in soft.value.message and "suspended" not in soft.value.message
+    assert "in flight" in soft.value.message and "suspended" not in soft.value.message
     await first.settle(usage(prompt=100, completion=500))
     # Now the settled usage alone leaves no room for 600: suspended for the month.
     with pytest.raises(PaymentRequired) as hard:
@@ -268,12 +276,14 @@ async def test_spend_cap_refuses_and_suspends_when_reached(both: World) -> None:
     assert hard.value.code == "monthly_spend_limit_exceeded"
     message = hard.value.message
     assert "is suspended" in message and "max_tokens" not in message
-    assert "of $0.001 this month" in message and "worst case of $0.0006" in message
+    assert "of $0.001 this month" in message and "one generated token ($0.0006)" in message
     assert "accountSpendLimit" in message and "month to roll over" in message
     with pytest.raises(PaymentRequired) as after:
         await both.enforcement.admit(MEMBER, demand(prompt=1, completion=1))
     assert after.value.code == "monthly_spend_limit_exceeded"
-    assert both.metrics.outcomes == Counter(admitted=1, spend_refused=2, suspended=1)
+    assert both.metrics.outcomes == Counter(
+        admitted=1, spend_reserved=1, spend_refused=1, suspended=1
+    )
 
 
 @pytest.mark.anyio
@@ -308,7 +318,7 @@ async def test_a_request_that_could_never_fit_is_refused_without_suspending(
         await both.enforcement.admit(MEMBER, demand(prompt=1_000_000, completion=1_000_000))
     assert refused.value.code == "request_exceeds_spend_limit"
     message = refused.value.message
-    assert "up to $2.00" in message and hint in message and "max_tokens" in message
+    assert "at least $2.00" in message and hint in message and "prompt" in message
     assert both.suspension.reasons("acme") == ()
     assert reserved(both, "acme") == 0
     # A request that fits is still admitted: the account was not suspended.
@@ -377,7 +387,7 @@ async def test_a_refused_request_uses_up_none_of_the_rate_window(both: World) ->
     both.plans.set_account_limits(OPERATOR, "acme", 5, prompt_tokens_per_minute=100)
     both.money.states["acme"] = SpendState("acme", "2026-03", 0, 1000, 0, True, False)
     held = await both.enforcement.admit(MEMBER, demand(prompt=50, completion=550))
-    with pytest.raises(PaymentRequired):  # the money does not fit: no request, no tokens
+    with pytest.raises(RateLimited):  # the money does not fit: no request, no tokens
         await both.enforcement.admit(MEMBER, demand(prompt=50, completion=550))
     with pytest.raises(RateLimited):  # the prompt tokens do not fit: no request counted
         await both.enforcement.admit(MEMBER, demand(prompt=60, completion=1))
@@ -387,7 +397,7 @@ async def test_a_refused_request_uses_up_none_of_the_rate_window(both: World) ->
     await held.settle(None)
     ticket = await both.enforcement.admit(MEMBER, demand(prompt=50, completion=550))
     assert ticket.headers["x-ratelimit-remaining-requests"] == "3"
-    assert both.metrics.outcomes == Counter(admitted=2, spend_refused=1, rate_limited=1)
+    assert both.metrics.outcomes == Counter(admitted=2, spend_reserved=1, rate_limited=1)
 
 
 @pytest.mark.anyio
@@ -538,3 +548,119 @@ async def test_a_deferred_redis_settlement_holds_until_it_runs_and_settles_once(
         for key in client.scan_iter(f"{world.prefix}*"):
             client.delete(key)
         client.close()
+
+
+def enforcement_of(world: World, spend_wait_s: float) -> Enforcement:
+    """``world``'s enforcement, waiting up to ``spend_wait_s`` for room."""
+    return Enforcement(
+        world.plans,
+        world.limiter,
+        world.guard,
+        world.suspension,
+        world.money,
+        world.clock,
+        world.metrics,
+        spend_wait_s=spend_wait_s,
+    )
+
+
+@pytest.mark.anyio
+async def test_a_request_held_out_only_by_requests_in_flight_waits_for_room(both: World) -> None:
+    """Issue 13 finding 7: money merely held in flight makes a request wait, not fail."""
+    both.money.states["acme"] = SpendState("acme", "2026-03", 0, 1000, 0, True, False)
+    enforcement = enforcement_of(both, spend_wait_s=60)  # far more than the settle takes
+    first = await enforcement.admit(MEMBER, demand(prompt=100, completion=500))
+    # 600 + 600 > 1000, though the month alone (0 used) could pay for both.
+    waiting = asyncio.create_task(enforcement.admit(MEMBER, demand(prompt=100, completion=500)))
+    room = both.guard.room
+    while room.waiting("acme") == 0:  # the second request was refused once and now waits
+        assert not waiting.done(), waiting
+        await asyncio.sleep(0.01)
+    await first.settle(usage(prompt=100, completion=50))  # 150 used: room for 600 again
+    second = await waiting
+    assert isinstance(second, EnforcedTicket) and second.completion_cap is None
+    assert reserved(both, "acme") == 600
+    await second.settle(None)
+    assert both.suspension.reasons("acme") == ()
+    assert both.metrics.outcomes == Counter(admitted=2)
+
+
+@pytest.mark.anyio
+async def test_a_request_that_only_fits_in_part_is_admitted_with_its_completion_capped(
+    both: World,
+) -> None:
+    """The room left pays for the prompt and some tokens: admitted, capped to those tokens."""
+    both.money.unit = 2_500_000  # 2.5 micro-USD a token, rounded up per request
+    both.money.states["acme"] = SpendState("acme", "2026-03", 0, 1000, 0, True, False)
+    first = await both.enforcement.admit(MEMBER, demand(prompt=100, completion=200, choices=1))
+    assert first.completion_cap is None and reserved(both, "acme") == 750
+    # Worst case 2.5 x (20 + 2 x 500) = 2550 > the 250 left; its floor 2.5 x 22 = 55 fits.
+    capped = await both.enforcement.admit(MEMBER, demand(prompt=20, completion=2 * 500, choices=2))
+    # The most per choice that 250 pays for: 2.5 x (20 + 2 x 40) = 250 exactly; 41 is 255.
+    assert capped.completion_cap == 40
+    assert reserved(both, "acme") == 1000
+    # A third fits the cap but not beside them: a 429 after the wait, no suspension.
+    with pytest.raises(RateLimited) as soft:
+        await both.enforcement.admit(MEMBER, demand(prompt=4, completion=10, choices=1))
+    assert soft.value.code == "spend_reserved"
+    assert both.suspension.reasons("acme") == ()
+    await first.settle(usage(prompt=100, completion=200))
+    await capped.settle(usage(prompt=20, completion=2 * 40))
+    assert await asyncio.to_thread(both.guard.committed, "acme") == 1000  # exactly the cap
+    # Reaching the cap suspended the account (the settlement saw it): 402 from now on.
+    with pytest.raises(PaymentRequired) as hard:
+        await both.enforcement.admit(MEMBER, demand(prompt=4, completion=10, choices=1))
+    assert hard.value.code == "monthly_spend_limit_exceeded"
+    assert both.suspension.reasons("acme") == ("MONTHLY_SPEND_LIMIT_EXCEEDED",)
+    assert both.metrics.outcomes == Counter(
+        admitted=1, admitted_capped=1, spend_reserved=1, suspended=1
+    )
+
+
+@pytest.mark.anyio
+async def test_32_way_concurrency_fills_the_limit_without_early_402s(both: World) -> None:
+    """Issue 13 finding 7: 300 small requests at 32-way concurrency, a limit worth ~100.
+
+    Each request reserves a worst case ~10x its real cost (a 200-token bound,
+    ~15 tokens used). Usage must end at >= 90% of the limit and never above
+    it, and no request may get a 402 while the smallest one still fits.
+    """
+    limit = 2_000  # ~100 requests of ~20 micro-USD
+    both.money.states["acme"] = SpendState("acme", "2026-03", 0, limit, 0, True, False)
+    enforcement = enforcement_of(both, spend_wait_s=2.0)
+    prompt, bound = 10, 200
+    smallest_floor = prompt + 1
+    jobs = iter(range(300))
+    spent = 0  # counted before each settlement: never below what the guard has committed
+    codes: Counter[str] = Counter()
+    early: list[int] = []
+
+    async def worker() -> None:
+        nonlocal spent
+        for job in jobs:
+            try:
+                ticket = await enforcement.admit(
+                    MEMBER, demand(prompt=prompt, completion=bound, choices=1)
+                )
+            except PaymentRequired as refused:
+                codes[refused.code] += 1
+                if spent + smallest_floor <= limit:
+                    early.append(spent)
+                continue
+            except RateLimited as refused:
+                codes[refused.code] += 1
+                continue
+            codes["capped" if ticket.completion_cap is not None else "ok"] += 1
+            await asyncio.sleep(0)  # the engine runs: other requests interleave
+            generated = min(5 + job % 11, ticket.completion_cap or bound)
+            spent += prompt + generated
+            assert spent <= limit
+            await ticket.settle(usage(prompt=prompt, completion=generated))
+
+    await asyncio.gather(*(worker() for _ in range(32)))
+    assert early == [], codes
+    assert limit * 9 // 10 <= spent <= limit, (spent, codes)
+    assert reserved(both, "acme") == 0
+    assert await asyncio.to_thread(both.guard.committed, "acme") == spent
+    assert codes["ok"] + codes["capped"] >= 90, codes
+    assert set(codes) <= {"ok", "capped", "spend_reserved", "monthly_spend_limit_exceeded"}

@@ -23,7 +23,7 @@ from firebox.limits.rate_limiter import WINDOW_S, InProcessRateLimiter, RedisRat
 from firebox.limits.redis_spend_guard import RedisSpendGuard
 from firebox.limits.spend_guard import Refusal, Reservation
 from tests.conftest import REDIS_URL
-from tests.limits.test_spend_guard import DOLLAR, FakeMoney
+from tests.limits.test_spend_guard import DOLLAR, FakeMoney, room_scenario
 
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -73,6 +73,16 @@ def test_soft_hard_settle_release() -> None:
         assert reached == Refusal(Reason.MONTHLY_SPEND_LIMIT_EXCEEDED, 100, 100, True, "2026-03")
         await guard.settle(big, 35)  # a second settle of the same reservation changes nothing
         assert guard.committed("acme") == 100
+        assert guard.fallbacks == 0
+
+    with_guard(scenario)
+
+
+@needs_redis
+@pytest.mark.redis
+def test_room_left_caps_waits_or_refuses_as_in_process() -> None:
+    async def scenario(guard: RedisSpendGuard, money: FakeMoney, clock: FakeClock) -> None:
+        await room_scenario(guard, money)
         assert guard.fallbacks == 0
 
     with_guard(scenario)
@@ -230,7 +240,7 @@ def test_a_retried_script_counts_once() -> None:
         keys = list(guard.keys("acme", "2026-03"))
 
         async def reserve_twice(rid: str, worst: int) -> Reservation:
-            args = guard._reserve_args(state, True, worst, 100, clock.now(), rid)
+            args = guard._reserve_args(state, True, worst, worst, 100, clock.now(), rid)
             for _ in range(2):
                 answer = await guard._reserve(keys=keys, args=args)
                 assert int(answer[0]) == 1
@@ -266,15 +276,15 @@ def test_a_retried_admit_counts_the_rate_and_the_money_once() -> None:
         )
         money.set("acme", usage=0, limit=100)
         state = money.spend_state("acme")
-        args = guard._reserve_args(state, True, 30, 100, clock.now(), "rid-1")
+        args = guard._reserve_args(state, True, 30, 30, 100, clock.now(), "rid-1")
         args += [int(clock.now().timestamp()), WINDOW_S, RATE_KEY_TTL_S, 1, 1]  # 1 a minute
         keys = [*guard.keys("acme", "2026-03"), limiter.key("acme")]
         try:
             for _ in range(2):
                 answer = [int(x) for x in await guard._admit(keys=keys, args=args)]
                 # Admitted (the retry too, not rate limited): committed 0, reserved 30,
-                # expired 0; the counter: used 1, reset 60 s, retry 0.
-                assert answer == [1, 1, 0, 30, 0, 1, 60, 0]
+                # expired 0, held 30; the counter: used 1, reset 60 s, retry 0.
+                assert answer == [1, 1, 0, 30, 0, 30, 1, 60, 0]
             assert await limiter.used("acme") == 1
         finally:
             await limiter.aclose()

@@ -15,7 +15,13 @@ from firebox.inference.admission import Demand
 from firebox.inference.metering import UsageRecord
 from firebox.limits.hooks import Reason
 from firebox.limits.ports import SpendState
-from firebox.limits.spend_guard import InProcessSpendGuard, Refusal, Reservation, spend_cap
+from firebox.limits.spend_guard import (
+    InProcessSpendGuard,
+    Refusal,
+    Reservation,
+    SpendGuard,
+    spend_cap,
+)
 from firebox.money_state import format_usd, period_of
 
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -124,6 +130,44 @@ def test_reserve_refuses_soft_then_hard(guard: InProcessSpendGuard, money: FakeM
         assert isinstance(await guard.reserve("acme", 20), Reservation)
 
     run(scenario())
+
+
+async def room_scenario(guard: SpendGuard, money: FakeMoney) -> None:
+    """Both backends: hold the worst case, or cap to the room, or refuse soft or hard.
+
+    Capping happens only once the month itself cannot pay the worst case; a
+    request held out only by reservations in flight is refused softly (the
+    caller waits for room), and a wake-up is signalled by every release.
+    """
+    money.set("acme", usage=600, limit=1000)
+    first = await guard.reserve("acme", 300, 50)  # 300 fits: held whole
+    assert isinstance(first, Reservation) and first.micros == 300
+    # 400 is what the month has left, so a 300 worst case is not capped: soft refusal.
+    soft = await guard.reserve("acme", 300, 50)
+    assert soft == Refusal(Reason.MONTHLY_SPEND_LIMIT_EXCEEDED, 1000, 900, False, "2026-03")
+    # A 500 worst case is more than the month has left: capped to the 100 of room.
+    version = guard.room_version("acme")
+    capped = await guard.reserve("acme", 500, 50)
+    assert isinstance(capped, Reservation) and capped.micros == 100
+    # The floor no longer fits beside the ones in flight, but would alone: soft.
+    soft = await guard.reserve("acme", 500, 50)
+    assert soft == Refusal(Reason.MONTHLY_SPEND_LIMIT_EXCEEDED, 1000, 1000, False, "2026-03")
+    assert guard.room_version("acme") == version
+    await guard.release(first)
+    assert guard.room_version("acme") != version  # a release wakes the waiters
+    await guard.wait_for_room("acme", version, 60)  # returns at once: it already moved
+    await guard.settle(capped, 90)
+    # 690 used, nothing in flight: a floor of 311 cannot fit, nor ever a floor of 1001.
+    hard = await guard.reserve("acme", 500, 311)
+    assert hard == Refusal(Reason.MONTHLY_SPEND_LIMIT_EXCEEDED, 1000, 690, True, "2026-03")
+    oversized = await guard.reserve("acme", 2000, 1001)
+    assert oversized is not None and isinstance(oversized, Refusal) and oversized.oversized
+    last = await guard.reserve("acme", 500, 310)  # exactly the 310 left
+    assert isinstance(last, Reservation) and last.micros == 310
+
+
+def test_room_left_caps_waits_or_refuses(guard: InProcessSpendGuard, money: FakeMoney) -> None:
+    run(room_scenario(guard, money))
 
 
 def test_settle_commits_actual_and_reports_the_limit_reached(

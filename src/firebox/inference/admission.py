@@ -5,7 +5,10 @@ Serving describes a request's worst case as a ``Demand`` and asks the
 from ``errors.py`` (429 rate limited, 402 suspended or over the spend limit).
 When the request ends — however it ends — serving calls ``Ticket.settle``
 once, with the request's usage record (or ``None`` when nothing was used), so
-the reservation is settled to the actual cost or released. The ``limits``
+the reservation is settled to the actual cost or released. A ticket whose
+``completion_cap`` is set was admitted with less room than the worst case:
+serving passes that cap to the engine as ``max_tokens`` (so the choice ends
+with ``finish_reason: "length"``) and the request can cost no more than held. The ``limits``
 slice implements this protocol; ``OpenAdmission`` admits everything (tests of
 serving alone, and engines behind no limits).
 """
@@ -27,7 +30,10 @@ class Demand:
 
     ``prompt_tokens`` is an upper bound (UTF-8 bytes of the text plus a
     per-message allowance, or the count of token ids); ``completion_tokens``
-    is ``n`` x ``max_tokens``, or x the model's context length when absent.
+    is ``choices`` x the per-choice bound: ``max_tokens``, or the model's
+    default completion bound when absent (``demand.completion_bound``).
+    ``choices`` is how many sequences are generated (prompts x ``n``); 0 for
+    a request that generates nothing (embeddings).
     ``images`` count 576 prompt tokens each when priced (SPEC §2).
     """
 
@@ -42,6 +48,7 @@ class Demand:
     completion_tokens: int
     images: int = 0
     deployment: str | None = None  # set for on-demand deployments: never rate-limited
+    choices: int = 0
 
 
 class Ticket(Protocol):
@@ -57,6 +64,11 @@ class Ticket(Protocol):
         The in-flight journal writes it at admission, so that when this
         process dies a later one can close it with ``Admission.recover``.
         """
+        ...
+
+    @property
+    def completion_cap(self) -> int | None:
+        """The most completion tokens per choice this ticket pays for; None: the demand's."""
         ...
 
     async def settle(self, usage: UsageRecord | None) -> None:
@@ -93,6 +105,7 @@ class OpenTicket:
     """A ticket that holds nothing."""
 
     headers: dict[str, str] = field(default_factory=dict)
+    completion_cap: int | None = None
 
     @property
     def hold(self) -> dict[str, object] | None:

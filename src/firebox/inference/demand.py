@@ -3,8 +3,13 @@
 A token is at least one byte of UTF-8 text, so a prompt's byte length bounds
 its token count; chat templates add a few tokens per message, allowed for
 with ``TEMPLATE_TOKENS_PER_MESSAGE``. Completion tokens are bounded by
-``max_tokens`` or, when absent, by the model's context length (the engine
-stops there); with ``n`` choices each can use that much. Overestimating
+``max_tokens`` or, when absent, by the model's default completion bound
+(``FIREBOX_DEFAULT_MAX_COMPLETION_TOKENS``, 2,048), never past the context
+length; with ``n`` choices each can use that much. Serving passes the same
+``completion_bound`` to the engine, so a request without ``max_tokens``
+cannot generate past what it was charged for (OpenAI and vLLM default to the
+rest of the context instead; reserving that made every request hold ~20x
+its real cost). Overestimating
 only holds back budget until the request settles; underestimating could let
 the month's usage pass the spend limit, so every bound errs high.
 """
@@ -18,10 +23,6 @@ from firebox.inference.models import ModelRef
 from firebox.inference.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingCreate
 
 TEMPLATE_TOKENS_PER_MESSAGE = 16
-# A model whose context length the catalog does not know: its prompt is bounded
-# by its bytes alone, and an answer without max_tokens by this many tokens,
-# more than any current model's context (the operator should set contextLength).
-UNKNOWN_CONTEXT_TOKENS = 1_048_576
 
 
 def _context(model: ModelRef) -> int | None:
@@ -48,6 +49,7 @@ def _demand(
     prompt_tokens: int,
     completion_tokens: int,
     images: int = 0,
+    choices: int = 0,
 ) -> Demand:
     return Demand(
         request_id=request_id,
@@ -61,7 +63,18 @@ def _demand(
         completion_tokens=completion_tokens,
         images=images,
         deployment=model.deployment,
+        choices=choices,
     )
+
+
+def completion_bound(body: ChatCompletionRequest | CompletionRequest, model: ModelRef) -> int:
+    """The most tokens one choice may generate: what demand reserves and the engine is told.
+
+    ``max_tokens`` when sent, else the model's default bound; never past the
+    context length (a model whose context is unknown is bounded by its default).
+    """
+    limit = body.token_limit()
+    return _cap(model.max_completion_tokens if limit is None else limit, _context(model))
 
 
 def generation_demand(
@@ -73,18 +86,19 @@ def generation_demand(
 ) -> Demand:
     """The most a chat or completions request can bill."""
     context = _context(model)
-    per_choice = _cap(body.token_limit() or context or UNKNOWN_CONTEXT_TOKENS, context)
+    per_choice = completion_bound(body, model)
     if isinstance(body, ChatCompletionRequest):
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
         size = len(orjson.dumps(messages))
         prompt = _cap(size + TEMPLATE_TOKENS_PER_MESSAGE * len(messages), context)
         return _demand(
-            model, request_id, account_id, "chat", prompt, body.n * per_choice, images=images
+            model, request_id, account_id, "chat", prompt, body.n * per_choice, images, body.n
         )
     prompts = body.prompts()
     prompt = sum(_prompt_bound(p, context) for p in prompts)
-    completion = len(prompts) * body.n * per_choice
-    return _demand(model, request_id, account_id, "completion", prompt, completion)
+    choices = len(prompts) * body.n
+    completion = choices * per_choice
+    return _demand(model, request_id, account_id, "completion", prompt, completion, 0, choices)
 
 
 def embedding_demand(

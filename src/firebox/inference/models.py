@@ -11,13 +11,17 @@ account; the catalog answers that from memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from firebox.catalog.binding import EngineBinding
 from firebox.catalog.index import ResolvedModel
 from firebox.catalog.kinds import ModelKind
 from firebox.errors import FailedPrecondition, InvalidArgument, NotFound
+
+# How many tokens a choice may generate when the request sets no max_tokens (the
+# operator's FIREBOX_DEFAULT_MAX_COMPLETION_TOKENS; never past the context).
+DEFAULT_MAX_COMPLETION_TOKENS = 2048
 
 
 class CatalogLookup(Protocol):
@@ -42,13 +46,17 @@ class ModelRef:
     adapter_path: str | None = None  # the add-on's folder, for engines that load it at run time
     price_class: str | None = None  # SPEC §2 row of the billing model
     explicit_price_micros: int | None = None  # catalog price when it fits no row
+    max_completion_tokens: int = DEFAULT_MAX_COMPLETION_TOKENS  # per choice, without max_tokens
 
 
 class ModelResolver:
     """Turns the ``model`` field of a request into a ``ModelRef``."""
 
-    def __init__(self, catalog: CatalogLookup) -> None:
+    def __init__(
+        self, catalog: CatalogLookup, max_completion_tokens: int = DEFAULT_MAX_COMPLETION_TOKENS
+    ) -> None:
         self._catalog = catalog
+        self._max_completion_tokens = max_completion_tokens
 
     def _resolve(self, account_id: str, name: str) -> ResolvedModel:
         if "#" in name or "/deployments/" in name:
@@ -85,7 +93,7 @@ class ModelResolver:
                 code="wrong_model_kind",
                 param="model",
             )
-        return self.ref(model)
+        return replace(self.ref(model), max_completion_tokens=self._max_completion_tokens)
 
     def resolve_embedding(self, account_id: str, name: str) -> ModelRef:
         model = self._resolve(account_id, name)

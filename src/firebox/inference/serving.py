@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import anyio
@@ -110,6 +110,7 @@ class InferenceService:
         demand = generation_demand(body, model, principal.account_id, request_id, images)
         ticket = await self._admission.admit(principal, demand)
         try:
+            requests = _capped(requests, ticket.completion_cap)
             run = GenerationRun(engine, requests, body.n)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -154,8 +155,15 @@ class InferenceService:
         )
         if isinstance(body, CompletionRequest) and body.logprobs:
             top_logprobs = body.logprobs
+        # Without max_tokens a choice may generate the model's default bound (what
+        # admission reserved for), or up to the end of the context if that comes first;
+        # a context no longer than the default is left to the engine (its rest is less).
+        explicit = body.token_limit()
+        max_tokens = explicit
+        if explicit is None and not 0 < model.context_length <= model.max_completion_tokens:
+            max_tokens = model.max_completion_tokens
         params = SamplingParams(
-            max_tokens=body.token_limit(),
+            max_tokens=max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
             top_k=body.top_k or 0,
@@ -176,7 +184,8 @@ class InferenceService:
             "params": params,
             "adapter": model.adapter,
             "context_length": model.context_length,
-            "truncate_max_tokens": body.context_length_exceeded_behavior == "truncate",
+            "truncate_max_tokens": explicit is None
+            or body.context_length_exceeded_behavior == "truncate",
             "prompt_cache_max_len": body.prompt_cache_max_len,
             "extra": body.passthrough(),
             "stream": body.stream,
@@ -278,6 +287,21 @@ class InferenceService:
                     await meter.emit(run, outcome)
 
         return StreamingAnswer(headers, chunks(), functools.partial(meter.close, run))
+
+
+def _capped(requests: list[GenerationRequest], cap: int | None) -> list[GenerationRequest]:
+    """``requests`` with ``max_tokens`` lowered to ``cap``: what the admitted room pays for.
+
+    The engine then ends each choice there with ``finish_reason: "length"``.
+    """
+    if cap is None:
+        return requests
+    return [
+        replace(request, params=replace(request.params, max_tokens=cap))
+        if request.params.max_tokens is None or request.params.max_tokens > cap
+        else request
+        for request in requests
+    ]
 
 
 class _Meter:

@@ -6,11 +6,20 @@ In order (ARCHITECTURE "one request, end to end", step 3):
    and what lifts it;
 2. the serverless rate limit (requests/min; tokens/min where the operator
    set them) — never for on-demand deployments nor unlimited plans;
-3. a spend reservation of the request's worst-case cost; a refusal is a 402,
-   and a refusal that no other request caused (``Refusal.hard``) also
-   suspends the account for its reason — unless the request could never fit
-   at all (``Refusal.oversized``: its worst case alone passes the cap), which
-   is refused as ``request_exceeds_spend_limit`` and suspends nothing.
+3. a spend reservation of the request's worst-case cost. When the room left
+   under the cap cannot hold the worst case but can hold the request's floor
+   (its prompt plus one token per choice), the request is admitted holding
+   that room, with its completion capped to the most tokens the room pays
+   for (``EnforcedTicket.completion_cap``: the engine stops there with
+   ``finish_reason: "length"``). A request refused only because other
+   requests' reservations fill the cap (a soft refusal) waits up to
+   ``spend_wait_s`` for one of them to settle, then gets a 429
+   ``spend_reserved`` with ``Retry-After``: it suspends nothing. Only a
+   refusal that nothing in flight caused (``Refusal.hard``: the settled
+   usage leaves less than the floor) is a 402 that suspends the account for
+   its reason — unless the request could never fit at all
+   (``Refusal.oversized``: its floor alone passes the cap), which is refused
+   as ``request_exceeds_spend_limit`` and suspends nothing.
 
 The platform operator is never limited. The ticket carries the rate-limit
 headers and settles the reservation once, to the priced usage;
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import NoReturn, Protocol
 
 from anyio import to_thread
@@ -122,36 +132,48 @@ _CAP_NAMES = {
 }
 
 
-def spend_refused(account_id: str, refusal: Refusal, worst_micros: int) -> PaymentRequired:
-    """The 402 for a request whose worst-case cost does not fit under the account's cap.
+SPEND_RETRY_AFTER_S = 1  # what a 429 spend_reserved asks: a request in flight settles soon
 
-    Three cases, three messages: a request that could never fit (not
-    suspended: a smaller one fits), one that does not fit what is left of
-    the month (the account is suspended: say what lifts it), and one that
-    only does not fit beside the requests in flight (retry, or reserve less).
+
+def spend_refused(account_id: str, refusal: Refusal, floor_micros: int) -> PaymentRequired:
+    """The 402 for a request whose least cost does not fit under the account's cap.
+
+    Two cases, two messages: a request that could never fit (not suspended:
+    a smaller one fits), and one that does not fit what is left of the month
+    (the account is suspended: say what lifts it).
     """
-    worst, cap = f"${format_usd(worst_micros)}", f"${format_usd(refusal.limit_micros)}"
+    floor, cap = f"${format_usd(floor_micros)}", f"${format_usd(refusal.limit_micros)}"
     what = _CAP_NAMES[refusal.reason]
     if refusal.oversized:
         return PaymentRequired(
-            f"This request could cost up to {worst}, more than account {account_id!r}'s whole "
-            f"{what} of {cap} this month, so it can never run as sent. Lower max_tokens (or n) "
-            f"so its worst case fits, or {_RAISE_LIMIT[refusal.reason]}.",
+            f"This request costs at least {floor} (its prompt and one generated token), more "
+            f"than account {account_id!r}'s whole {what} of {cap} this month, so it can never "
+            f"run as sent. Shorten the prompt (or lower n), or {_RAISE_LIMIT[refusal.reason]}.",
             code="request_exceeds_spend_limit",
         )
-    if refusal.hard:
-        return PaymentRequired(
-            f"Account {account_id!r} is suspended: what is left of its {what} of {cap} this "
-            f"month cannot cover this request's worst case of {worst}. To lift the "
-            f"suspension, {_LIFT[refusal.reason]}.",
-            code=_CODES[refusal.reason],
-        )
     return PaymentRequired(
-        f"This request could cost up to {worst}, which does not fit under account "
-        f"{account_id!r}'s {what} of {cap} this month beside its requests in flight "
-        f"(${format_usd(refusal.used_micros)} used or held). Retry when they finish, or "
-        "lower max_tokens (or n) to reserve less.",
+        f"Account {account_id!r} is suspended: what is left of its {what} of {cap} this "
+        f"month cannot pay for this request's prompt and one generated token ({floor}). "
+        f"To lift the suspension, {_LIFT[refusal.reason]}.",
         code=_CODES[refusal.reason],
+    )
+
+
+def spend_reserved(account_id: str, refusal: Refusal, waited_s: float) -> RateLimited:
+    """The 429 for a request that fits the cap, but not beside the requests in flight.
+
+    Their reservations hold the rest of the month's room until they settle
+    (usually well under a second), so this is a retry, never a suspension.
+    """
+    what = _CAP_NAMES[refusal.reason]
+    return RateLimited(
+        f"Account {account_id!r}'s requests in flight hold what is left of its {what} of "
+        f"${format_usd(refusal.limit_micros)} this month (${format_usd(refusal.used_micros)} "
+        f"used or held), and none finished within {waited_s:g} s. Retry after "
+        f"{SPEND_RETRY_AFTER_S} s, send fewer requests at once, or set max_tokens so each "
+        "reserves less.",
+        code="spend_reserved",
+        headers={"Retry-After": str(SPEND_RETRY_AFTER_S)},
     )
 
 
@@ -179,8 +201,11 @@ class Enforcement:
         money: MoneySource,
         clock: Clock,
         metrics: AdmissionMetrics | None = None,
+        *,
+        spend_wait_s: float = 2.0,
     ) -> None:
         self._plans = plans
+        self._spend_wait_s = spend_wait_s
         self._limiter = rate_limiter
         self._guard = spend_guard
         self._suspension = suspension
@@ -222,29 +247,74 @@ class Enforcement:
             limits = await to_thread.run_sync(self._plans.load, account)
         checks = self._checks(account, limits, demand) if demand.deployment is None else []
         worst = self._money.worst_case_cost(demand)
-        combined = None
-        if self._shared is not None:
-            guard, limiter = self._shared
-            combined = await guard.reserve_checked(account, worst, checks, limiter)
-        if combined is not None:
-            if combined.refused is not None:
-                self._refuse(account, checks[combined.refused], combined.decisions[0])
-            decisions, held = combined.decisions, combined.held
-        else:
-            decisions, held = await self._separately(account, worst, checks)
-        assert held is not None
+        floor = self._floor(demand, worst)
+        # A soft refusal waits for room: each settlement or release wakes it to try again.
+        deadline = time.monotonic() + self._spend_wait_s
+        while True:
+            version = self._guard.room_version(account)
+            decisions, held = await self._attempt(account, worst, floor, checks)
+            if isinstance(held, Reservation) or held.hard:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._count("spend_reserved")
+                raise spend_reserved(account, held, self._spend_wait_s)
+            await self._guard.wait_for_room(account, version, left)
         if isinstance(held, Refusal):
             self._count("spend_refused")
-            if held.hard and not held.oversized:
+            if not held.oversized:
                 await self._suspend(account, held)
-            raise spend_refused(account, held, worst)
-        self._count("admitted")
+            raise spend_refused(account, held, floor)
+        cap = self._completion_cap(demand, worst, held.micros)
+        self._count("admitted" if cap is None else "admitted_capped")
         headers: dict[str, str] = {}
         for check, decision in zip(checks, decisions, strict=True):
             if check.what == "requests":
                 headers = decision.headers()
         tokens_key = generated_tokens_key(account) if limits.generated_tokens_per_minute else None
-        return EnforcedTicket(self, held, headers, tokens_key)
+        return EnforcedTicket(self, held, headers, tokens_key, cap)
+
+    async def _attempt(
+        self, account: str, worst: int, floor: int, checks: list[RateCheck]
+    ) -> tuple[list[RateDecision], Reservation | Refusal]:
+        """One try at the rate checks and the reservation (one ``ADMIT`` call when shared)."""
+        if self._shared is not None:
+            guard, limiter = self._shared
+            combined = await guard.reserve_checked(account, worst, checks, limiter, floor)
+            if combined is not None:
+                if combined.refused is not None:
+                    self._refuse(account, checks[combined.refused], combined.decisions[0])
+                assert combined.held is not None
+                return combined.decisions, combined.held
+        return await self._separately(account, worst, floor, checks)
+
+    def _floor(self, demand: Demand, worst: int) -> int:
+        """The least ``demand`` may be admitted with: its prompt and one token per choice."""
+        if demand.choices <= 0 or demand.completion_tokens <= demand.choices:
+            return worst  # nothing to cap (embeddings, or one token a choice already)
+        return self._money.worst_case_cost(replace(demand, completion_tokens=demand.choices))
+
+    def _completion_cap(self, demand: Demand, worst: int, held: int) -> int | None:
+        """The most tokens per choice ``held`` pays for, when it is less than ``worst``.
+
+        Priced by the same ``worst_case_cost`` as the reservation (so exact, in
+        integer micro-USD): the largest ``k`` whose worst case fits ``held``.
+        The guard only holds less than the worst case when the floor (``k`` = 1)
+        fits, and the cost grows with ``k``, so a binary search finds it.
+        """
+        if held >= worst or demand.choices <= 0:
+            return None
+        low, high = 1, demand.completion_tokens // demand.choices - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            cost = self._money.worst_case_cost(
+                replace(demand, completion_tokens=demand.choices * middle)
+            )
+            if cost <= held:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     @staticmethod
     def _checks(account: str, limits: AccountLimits, demand: Demand) -> list[RateCheck]:
@@ -265,7 +335,7 @@ class Enforcement:
         return checks
 
     async def _separately(
-        self, account: str, worst: int, checks: list[RateCheck]
+        self, account: str, worst: int, floor: int, checks: list[RateCheck]
     ) -> tuple[list[RateDecision], Reservation | Refusal]:
         """The checks, then the reservation, one call each (backends apart, or Redis down).
 
@@ -280,7 +350,7 @@ class Enforcement:
                 await self._refund(checks[: len(decisions)], second)
                 self._refuse(account, check, decision)
             decisions.append(decision)
-        held = await self._guard.reserve(account, worst)
+        held = await self._guard.reserve(account, worst, floor)
         if isinstance(held, Refusal):
             await self._refund(checks, second)
         return decisions, held
@@ -353,7 +423,14 @@ class Enforcement:
 class EnforcedTicket:
     """An admitted request: its headers, and the reservation its settlement closes."""
 
-    __slots__ = ("_enforcement", "_headers", "_reservation", "_settled", "_tokens_key")
+    __slots__ = (
+        "_cap",
+        "_enforcement",
+        "_headers",
+        "_reservation",
+        "_settled",
+        "_tokens_key",
+    )
 
     def __init__(
         self,
@@ -361,7 +438,9 @@ class EnforcedTicket:
         reservation: Reservation,
         headers: dict[str, str],
         tokens_key: str | None,
+        completion_cap: int | None = None,
     ) -> None:
+        self._cap = completion_cap
         self._enforcement = enforcement
         self._reservation = reservation
         self._headers = headers
@@ -371,6 +450,11 @@ class EnforcedTicket:
     @property
     def headers(self) -> dict[str, str]:
         return self._headers
+
+    @property
+    def completion_cap(self) -> int | None:
+        """Tokens per choice the held room pays for, when less than the demand's bound."""
+        return self._cap
 
     @property
     def reservation(self) -> Reservation:

@@ -267,11 +267,15 @@ return 0
 
 # The spend reservation of KEYS[1] (hash: committed, reserved, r:<id>) and KEYS[2]
 # (sorted set of open reservations by expiry), from
-# ARGV[1..8]: ledger, resync(0/1), worst, cap (-1 = none), now_ms, expiry_ms, id, key_ttl_s.
+# ARGV[1..9]: ledger, resync(0/1), worst, cap (-1 = none), now_ms, expiry_ms, id, key_ttl_s,
+# floor (the least the request can run with: its prompt and one token).
 # ``committed`` is seeded from the ledger only when the hash is missing (and raised to it
 # on a resync); the keys get their TTL when created (the hash when seeded, the set when
 # its first member arrives), which outlives the month they count.
-# Returns {admitted (0/1), committed, reserved (after), reservations expired now}.
+# Admitted holding the worst case when it fits beside the settled and reserved money, or
+# holding all the room left when the month cannot pay the worst case but the floor fits
+# (``spend_guard`` has the rules).
+# Returns {admitted (0/1), committed, reserved (after), reservations expired now, held}.
 # Idempotent by reservation id: the client retries a call once after a timeout even if
 # the script already ran, so when ``r:<id>`` exists this is that retry: it answers
 # "admitted" again and holds nothing more.
@@ -280,7 +284,7 @@ local function reserve_spend(h, z)
   local m = redis.call('HMGET', h, 'r:' .. ARGV[7], 'committed', 'reserved')
   local committed, reserved = tonumber(m[2]), tonumber(m[3])
   if m[1] then
-    return {1, committed, reserved, 0}
+    return {1, committed, reserved, 0, tonumber(m[1])}
   end
   local ledger = tonumber(ARGV[1])
   local created = committed == nil
@@ -299,44 +303,52 @@ local function reserve_spend(h, z)
     end
     redis.call('ZREMRANGEBYSCORE', z, '-inf', ARGV[5])
   end
-  local worst, cap = tonumber(ARGV[3]), tonumber(ARGV[4])
-  if cap >= 0 and committed + reserved + worst > cap then
-    redis.call('HSET', h, 'committed', committed, 'reserved', reserved)
-    if created then
-      redis.call('EXPIRE', h, ARGV[8])
+  local worst, cap, floor = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[9])
+  local held = worst
+  if cap >= 0 then
+    local left = cap - committed
+    local room = left - reserved
+    if room < held then
+      if held <= left or room < floor then
+        redis.call('HSET', h, 'committed', committed, 'reserved', reserved)
+        if created then
+          redis.call('EXPIRE', h, ARGV[8])
+        end
+        return {0, committed, reserved, #gone, 0}
+      end
+      held = room
     end
-    return {0, committed, reserved, #gone}
   end
-  redis.call('HSET', h, 'committed', committed, 'reserved', reserved + worst,
-    'r:' .. ARGV[7], worst)
+  redis.call('HSET', h, 'committed', committed, 'reserved', reserved + held,
+    'r:' .. ARGV[7], held)
   if created then
     redis.call('EXPIRE', h, ARGV[8])
   end
   if redis.call('ZADD', z, ARGV[6], ARGV[7]) == 1 and redis.call('ZCARD', z) == 1 then
     redis.call('EXPIRE', z, ARGV[8])
   end
-  return {1, committed, reserved + worst, #gone}
+  return {1, committed, reserved + held, #gone, held}
 end
 """
 
 RESERVE = _SPEND + "\nreturn reserve_spend(KEYS[1], KEYS[2])\n"
 
 # KEYS[1], KEYS[2]  the spend keys, as RESERVE; KEYS[3..]  one rate counter per check
-# ARGV[1..8]  as RESERVE; ARGV[9] now (unix s); ARGV[10] window; ARGV[11] counter TTL;
-#             then per check (KEYS[i]): ARGV[2i+6] limit, ARGV[2i+7] amount
+# ARGV[1..9]  as RESERVE; ARGV[10] now (unix s); ARGV[11] window; ARGV[12] counter TTL;
+#             then per check (KEYS[i]): ARGV[2i+7] limit, ARGV[2i+8] amount
 # Returns {0, check index (1-based), used, reset, retry} when a check refuses (nothing
-# written); else {1, admitted, committed, reserved, expired, then used, reset, retry per
-# check} — the counters counted only when admitted. A retry of a call that admitted
+# written); else {1, admitted, committed, reserved, expired, held, then used, reset, retry
+# per check} — the counters counted only when admitted. A retry of a call that admitted
 # (its reservation ``r:<id>`` exists) counts nothing again and admits again: the
 # reservation id is the request's marker.
 ADMIT = (
     _WINDOW
     + _SPEND
     + """
-local now, ttl = tonumber(ARGV[9]), tonumber(ARGV[11])
+local now, ttl = tonumber(ARGV[10]), tonumber(ARGV[12])
 if redis.call('HEXISTS', KEYS[1], 'r:' .. ARGV[7]) == 1 then
   local spend = reserve_spend(KEYS[1], KEYS[2])
-  local out = {1, spend[1], spend[2], spend[3], spend[4]}
+  local out = {1, spend[1], spend[2], spend[3], spend[4], spend[5]}
   for i = 3, #KEYS do
     local w = window(KEYS[i], now)
     settle_window(KEYS[i], w, ttl)
@@ -349,7 +361,7 @@ if redis.call('HEXISTS', KEYS[1], 'r:' .. ARGV[7]) == 1 then
 end
 local windows = {}
 for i = 3, #KEYS do
-  local limit, amount = tonumber(ARGV[2 * i + 6]), tonumber(ARGV[2 * i + 7])
+  local limit, amount = tonumber(ARGV[2 * i + 7]), tonumber(ARGV[2 * i + 8])
   local w = window(KEYS[i], now)
   if w.t + amount > limit then
     settle_window(KEYS[i], w, ttl)
@@ -359,9 +371,9 @@ for i = 3, #KEYS do
   windows[i] = w
 end
 local spend = reserve_spend(KEYS[1], KEYS[2])
-local out = {1, spend[1], spend[2], spend[3], spend[4]}
+local out = {1, spend[1], spend[2], spend[3], spend[4], spend[5]}
 for i = 3, #KEYS do
-  local amount = tonumber(ARGV[2 * i + 7])
+  local amount = tonumber(ARGV[2 * i + 8])
   local w = windows[i]
   if spend[1] == 1 and amount > 0 then
     count(KEYS[i], w, amount, ttl)

@@ -27,6 +27,9 @@ refresh (at most ``SNAPSHOT_MAX_AGE`` later) raises ``committed`` to it.
 shares this Redis: ``redis_scripts.ADMIT`` checks the rate counters, reserves,
 and counts the rate only if the reservation was made.
 
+An admission waiting for room (``wait_for_room``) is woken by a settlement
+or release on this replica, and otherwise polls every ``ROOM_POLL_S``.
+
 ``defer`` runs a settlement after the answer is sent (admission's
 ``EnforcedTicket.settle_soon``), so its round trip is off the response path;
 until it runs the reservation still holds the worst case, which only makes
@@ -68,12 +71,14 @@ from firebox.limits.rate_limiter import (
 )
 from firebox.limits.redis_scripts import ADMIT, RESERVE
 from firebox.limits.redis_wire import ScriptClient
+from firebox.limits.room_signal import RoomSignal
 from firebox.limits.spend_guard import (
     DEFAULT_TTL,
     InProcessSpendGuard,
     Refusal,
     Reservation,
     SnapshotCache,
+    floor_of,
     ledger_usage,
     refusal,
     spend_cap,
@@ -83,6 +88,9 @@ from firebox.money_state import period_of
 log = logging.getLogger(__name__)
 
 KEY_TTL_S = 40 * 24 * 3600
+# How often an admission waiting for room asks Redis again: room freed by another
+# replica's settlement wakes no one here.
+ROOM_POLL_S = 0.1
 
 _SEED = """
 redis.call('HSETNX', KEYS[1], 'committed', ARGV[1])
@@ -173,6 +181,9 @@ class RedisSpendGuard:
         self.redis_url = redis_url
         self._outage = Outage(timedelta(seconds=retry_s))
         self._deferred: set[asyncio.Task[None]] = set()  # strong references until done
+        # Settlements on this replica wake its waiters at once (the fallback's shares it);
+        # room freed on another replica is seen by polling every ``ROOM_POLL_S``.
+        self.room: RoomSignal = self._fallback.room
         self.fallbacks = 0  # Redis failures that sent calls to the per-replica fallback
         self.expired = 0  # leaked reservations dropped after their TTL
 
@@ -181,23 +192,24 @@ class RedisSpendGuard:
         tag = f"{self._prefix}spend:{{{account_id}:{period}}}"
         return tag, f"{tag}:res"
 
-    async def reserve(self, account_id: str, worst_micros: int) -> Reservation | Refusal:
-        if worst_micros < 0:
-            raise ValueError("a worst-case cost cannot be negative")
+    async def reserve(
+        self, account_id: str, worst_micros: int, floor_micros: int | None = None
+    ) -> Reservation | Refusal:
+        floor = floor_of(worst_micros, floor_micros)
         if self._is_down():
-            return await self._fallback.reserve(account_id, worst_micros)
+            return await self._fallback.reserve(account_id, worst_micros, floor)
         state, refreshed = await self._snapshots.get(account_id)
         now = self._clock.now()
         period = period_of(now)
         cap, reason = spend_cap(state, period)
         reservation_id = uuid.uuid4().hex
-        args = self._reserve_args(state, refreshed, worst_micros, cap, now, reservation_id)
+        args = self._reserve_args(state, refreshed, worst_micros, floor, cap, now, reservation_id)
         try:
             answer = await self._reserve(keys=list(self.keys(account_id, period)), args=args)
         except _FAILURES as exc:
             self._went_down(exc)
-            return await self._fallback.reserve(account_id, worst_micros)
-        return self._held(account_id, period, worst_micros, cap, reason, reservation_id, answer)
+            return await self._fallback.reserve(account_id, worst_micros, floor)
+        return self._held(account_id, period, floor, cap, reason, reservation_id, answer)
 
     async def reserve_checked(
         self,
@@ -205,6 +217,7 @@ class RedisSpendGuard:
         worst_micros: int,
         checks: Sequence[RateCheck],
         limiter: RedisRateLimiter,
+        floor_micros: int | None = None,
     ) -> Admitted | None:
         """``checks`` on ``limiter``'s counters and the reservation, in one ``ADMIT`` call.
 
@@ -212,8 +225,7 @@ class RedisSpendGuard:
         fits (atomically, in Redis). ``None`` when Redis is unreachable for
         either (the caller then asks each on its own, which fall back).
         """
-        if worst_micros < 0:
-            raise ValueError("a worst-case cost cannot be negative")
+        floor = floor_of(worst_micros, floor_micros)
         if self._is_down() or not limiter.available(self._clock.now()):
             return None
         state, refreshed = await self._snapshots.get(account_id)
@@ -221,7 +233,7 @@ class RedisSpendGuard:
         period = period_of(now)
         cap, reason = spend_cap(state, period)
         reservation_id = uuid.uuid4().hex
-        args = self._reserve_args(state, refreshed, worst_micros, cap, now, reservation_id)
+        args = self._reserve_args(state, refreshed, worst_micros, floor, cap, now, reservation_id)
         args += [int(now.timestamp()), WINDOW_S, RATE_KEY_TTL_S]
         for check in checks:
             args += [check.limit, check.amount]
@@ -239,12 +251,12 @@ class RedisSpendGuard:
             check = checks[index - 1]
             refused = RateDecision(False, check.limit, used, reset, None if retry < 0 else retry)
             return Admitted([refused], index - 1, None)
-        spend = values[1:5]
-        held = self._held(account_id, period, worst_micros, cap, reason, reservation_id, spend)
+        spend = values[1:6]
+        held = self._held(account_id, period, floor, cap, reason, reservation_id, spend)
         if isinstance(held, Refusal):  # nothing was counted
             return Admitted([], None, held)
         decisions = [
-            RateDecision(True, check.limit, *values[5 + 3 * i : 8 + 3 * i])
+            RateDecision(True, check.limit, *values[6 + 3 * i : 9 + 3 * i])
             for i, check in enumerate(checks)
         ]
         return Admitted(decisions, None, held)
@@ -254,11 +266,12 @@ class RedisSpendGuard:
         state: SpendState,
         refreshed: bool,
         worst_micros: int,
+        floor_micros: int,
         cap: int | None,
         now: datetime,
         reservation_id: str,
     ) -> list[str | int]:
-        """ARGV[1..8] of ``RESERVE`` and ``ADMIT``."""
+        """ARGV[1..9] of ``RESERVE`` and ``ADMIT``."""
         now_ms = int(now.timestamp() * 1000)
         return [
             ledger_usage(state, period_of(now)),
@@ -269,27 +282,28 @@ class RedisSpendGuard:
             now_ms + int(self._ttl.total_seconds() * 1000),
             reservation_id,
             KEY_TTL_S,
+            floor_micros,
         ]
 
     def _held(
         self,
         account_id: str,
         period: str,
-        worst_micros: int,
+        floor_micros: int,
         cap: int | None,
         reason: Reason,
         reservation_id: str,
         answer: Sequence[int | bytes],
     ) -> Reservation | Refusal:
         """The reservation, or the refusal, that a ``reserve_spend`` answer says."""
-        admitted, committed, reserved, expired = (int(x) for x in answer)
+        admitted, committed, reserved, expired, held = (int(x) for x in answer)
         if expired:
             self.expired += expired
             log.warning("%d reservation(s) of %s expired unsettled", expired, account_id)
         if not admitted:
             assert cap is not None
-            return refusal(reason, cap, committed, reserved, worst_micros, period)
-        return Reservation(reservation_id, account_id, period, worst_micros, shared=True)
+            return refusal(reason, cap, committed, reserved, floor_micros, period)
+        return Reservation(reservation_id, account_id, period, held, shared=True)
 
     async def settle(self, reservation: Reservation, actual_micros: int) -> Refusal | None:
         if not reservation.shared or self._is_down():
@@ -312,6 +326,7 @@ class RedisSpendGuard:
         except _FAILURES as exc:
             self._went_down(exc)
             return await self._fallback.settle(reservation, actual_micros)
+        self.room.notify(reservation.account_id)
         if state is None:
             return None
         cap, reason = spend_cap(state, reservation.period)
@@ -330,6 +345,14 @@ class RedisSpendGuard:
             )
         except _FAILURES as exc:
             self._went_down(exc)
+        self.room.notify(reservation.account_id)
+
+    def room_version(self, account_id: str) -> int:
+        return self.room.version(account_id)
+
+    async def wait_for_room(self, account_id: str, since: int, timeout_s: float) -> None:
+        """Wait for a settlement here, or at most ``ROOM_POLL_S`` (one on another replica)."""
+        await self.room.wait(account_id, since, min(timeout_s, ROOM_POLL_S))
 
     def committed(self, account_id: str) -> int | None:
         """The shared count of the month (one blocking ``HGET``; call it off the event loop)."""

@@ -4,10 +4,21 @@ Before a request runs, admission reserves its worst-case cost; when it ends,
 the reservation is settled to the actual cost (or released). An account's
 month is ``committed`` (settled usage) plus ``reserved`` (open reservations),
 and a reservation is refused when ``committed + reserved + worst`` would pass
-the cap. The cap is the effective spend limit (SPEC §3) and, for an account
-without a payment method, also the usage at which its credits run out. Since
-no request is admitted unless its worst case fits, the settled usage of a
-month can never pass the cap, however many requests race.
+the cap. Once what is left of the month (cap - committed) cannot pay for a
+request's worst case, a request whose ``floor`` (its prompt plus one
+generated token) still fits is admitted holding all the room left, and
+admission caps its completion to what that room pays for; while the month
+could still pay for it, a request only held out by the requests in flight
+is refused softly (admission waits for room), never capped. The cap is
+the effective spend limit (SPEC §3) and, for an account without a payment
+method, also the usage at which its credits run out. Since no request is
+admitted unless what it can cost fits, the settled usage of a month can
+never pass the cap, however many requests race.
+
+A refusal is ``hard`` only when the floor does not fit beside the settled
+usage alone (nothing in flight could change that); otherwise other
+requests' reservations are in the way, and every settlement and release
+wakes the admissions waiting for room (``room_signal.RoomSignal``).
 
 ``committed`` starts from the ledger's usage of the month the first time the
 guard sees the account, and is moved up to the ledger's figure whenever the
@@ -35,6 +46,7 @@ from firebox.clock import Clock
 from firebox.limits.hooks import Reason
 from firebox.limits.ports import MoneySource, SpendState
 from firebox.limits.refresh_ahead import RefreshAhead
+from firebox.limits.room_signal import RoomSignal
 from firebox.money_state import period_of
 
 log = logging.getLogger(__name__)
@@ -63,13 +75,15 @@ class Refusal:
     """Why a reservation was refused, or which limit a settlement reached.
 
     ``hard`` means the limit is reached even with nothing else in flight
-    (``committed + worst > limit``): the caller raises ``reason`` as a
+    (``committed + floor > limit``: the room left cannot pay for the
+    request's prompt plus one token): the caller raises ``reason`` as a
     suspension reason (for ``period``). A soft refusal (only other open
-    reservations make it not fit) is refused with the same error but
-    suspends nothing. ``used_micros`` counts settled and reserved money.
-    ``oversized`` means the request could never fit: its worst case alone is
-    more than the cap while some of the cap is still left; the caller refuses
-    it without suspending (a smaller request would still be admitted).
+    reservations make it not fit) suspends nothing: admission waits for room
+    and then answers 429 ``spend_reserved``. ``used_micros`` counts settled
+    and reserved money. ``oversized`` means the request could never fit: its
+    floor alone is more than the cap while some of the cap is still left; the
+    caller refuses it without suspending (a smaller request would still be
+    admitted).
     """
 
     reason: Reason
@@ -81,18 +95,41 @@ class Refusal:
 
 
 def refusal(
-    reason: Reason, cap: int, committed: int, reserved: int, worst: int, period: str
+    reason: Reason, cap: int, committed: int, reserved: int, floor: int, period: str
 ) -> Refusal:
-    """The refusal of a reservation of ``worst`` that did not fit (both backends)."""
-    oversized = worst > cap and committed < cap
-    return Refusal(reason, cap, committed + reserved, committed + worst > cap, period, oversized)
+    """The refusal of a reservation whose ``floor`` did not fit (both backends)."""
+    oversized = floor > cap and committed < cap
+    return Refusal(reason, cap, committed + reserved, committed + floor > cap, period, oversized)
+
+
+def floor_of(worst_micros: int, floor_micros: int | None) -> int:
+    """The least a reservation may hold: ``floor_micros`` (never above the worst case)."""
+    if worst_micros < 0 or (floor_micros is not None and floor_micros < 0):
+        raise ValueError("a worst-case cost cannot be negative")
+    return worst_micros if floor_micros is None else min(floor_micros, worst_micros)
 
 
 class SpendGuard(Protocol):
     """Reserves worst-case cost before a request and settles it afterwards."""
 
-    async def reserve(self, account_id: str, worst_micros: int) -> Reservation | Refusal:
-        """Hold ``worst_micros`` for a request, or say why it does not fit."""
+    async def reserve(
+        self, account_id: str, worst_micros: int, floor_micros: int | None = None
+    ) -> Reservation | Refusal:
+        """Hold ``worst_micros`` for a request, or say why it does not fit.
+
+        With ``floor_micros`` (the cost of the request's prompt and one token),
+        a request whose worst case is more than what is left of the month but
+        whose floor fits beside the requests in flight is admitted holding the
+        room left (``Reservation.micros`` < worst).
+        """
+        ...
+
+    def room_version(self, account_id: str) -> int:
+        """A counter that moves whenever room may have been freed (read before reserving)."""
+        ...
+
+    async def wait_for_room(self, account_id: str, since: int, timeout_s: float) -> None:
+        """Return when room may have been freed since ``since``, or after ``timeout_s``."""
         ...
 
     async def settle(self, reservation: Reservation, actual_micros: int) -> Refusal | None:
@@ -235,11 +272,13 @@ class InProcessSpendGuard:
         self._snapshots = snapshots or SnapshotCache(money, clock)
         self._months: dict[str, _Month] = {}
         self._lock = threading.Lock()
+        self.room = RoomSignal()
         self.expired = 0  # leaked reservations dropped after their TTL
 
-    async def reserve(self, account_id: str, worst_micros: int) -> Reservation | Refusal:
-        if worst_micros < 0:
-            raise ValueError("a worst-case cost cannot be negative")
+    async def reserve(
+        self, account_id: str, worst_micros: int, floor_micros: int | None = None
+    ) -> Reservation | Refusal:
+        floor = floor_of(worst_micros, floor_micros)
         state, refreshed = await self._snapshots.get(account_id)
         now = self._clock.now()
         period = period_of(now)
@@ -247,13 +286,24 @@ class InProcessSpendGuard:
         with self._lock:
             month = self._month(account_id, period, state, refreshed)
             self._purge(month, now)
-            used = month.committed + month.reserved
-            if cap is not None and used + worst_micros > cap:
-                return refusal(reason, cap, month.committed, month.reserved, worst_micros, period)
-            reservation = Reservation(uuid.uuid4().hex, account_id, period, worst_micros)
-            month.open[reservation.id] = (worst_micros, now + self._ttl)
-            month.reserved += worst_micros
+            held = worst_micros
+            if cap is not None:
+                left = cap - month.committed
+                room = left - month.reserved
+                if room < held:
+                    if held <= left or room < floor:
+                        return refusal(reason, cap, month.committed, month.reserved, floor, period)
+                    held = room  # the month cannot pay the worst case: hold all there is
+            reservation = Reservation(uuid.uuid4().hex, account_id, period, held)
+            month.open[reservation.id] = (held, now + self._ttl)
+            month.reserved += held
             return reservation
+
+    def room_version(self, account_id: str) -> int:
+        return self.room.version(account_id)
+
+    async def wait_for_room(self, account_id: str, since: int, timeout_s: float) -> None:
+        await self.room.wait(account_id, since, timeout_s)
 
     async def settle(self, reservation: Reservation, actual_micros: int) -> Refusal | None:
         if actual_micros > reservation.micros:
@@ -275,6 +325,7 @@ class InProcessSpendGuard:
                 month.reserved -= held[0]
             month.committed += actual_micros
             committed, reserved = month.committed, month.reserved
+        self.room.notify(reservation.account_id)
         return self._reached(reservation.account_id, reservation.period, committed, reserved)
 
     async def release(self, reservation: Reservation) -> None:
@@ -285,6 +336,7 @@ class InProcessSpendGuard:
             held = month.open.pop(reservation.id, None)
             if held is not None:
                 month.reserved -= held[0]
+        self.room.notify(reservation.account_id)
 
     def committed(self, account_id: str) -> int | None:
         period = period_of(self._clock.now())
