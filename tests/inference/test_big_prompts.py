@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -36,7 +37,12 @@ from firebox.inference.engine import (
 from firebox.inference.local.text_engine import LocalTextEngine
 from firebox.inference.local.token_bytes import max_bytes_per_token
 from firebox.inference.tokenizer_pool import TokenizerPool
+from firebox.settings import Settings
+from tests.inference.conftest import register_upstream_models
+from tests.support.api import bearer, create_account, member_key
+from tests.support.fake_upstream import FakeUpstream
 
+BASE = "accounts/firebox/models/llama-8b"
 TINY = Path(__file__).resolve().parents[2] / "models" / "firebox-tiny"
 
 
@@ -310,3 +316,35 @@ async def test_serving_tokenizes_off_the_loop_and_reserves_the_exact_count() -> 
     assert engine.tokenized_on and engine.tokenized_on[0] != threading.get_ident()
     assert admission.demands[0].prompt_tokens == 5000  # exact, not a byte bound plus allowance
     assert engine.received[0].tokenized is not None
+
+
+# -- the operator's prompt cap, through the routes --------------------------------------------
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"max_prompt_bytes": 2048})
+
+
+def test_prompts_over_the_operator_cap_are_a_400_before_any_work(
+    client: TestClient, operator_headers: dict[str, str], upstream: FakeUpstream
+) -> None:
+    register_upstream_models(client, operator_headers, upstream)
+    create_account(client, operator_headers, "acme")
+    key = bearer(member_key(client, operator_headers, "acme", "dev", "user"))
+    big = "z" * 3000
+    cases = [
+        ("/v1/chat/completions", {"model": BASE, "messages": [{"role": "user", "content": big}]}),
+        ("/v1/completions", {"model": BASE, "prompt": ["hi", big]}),
+        ("/v1/embeddings", {"model": "accounts/firebox/models/all-minilm-l6-v2", "input": big}),
+    ]
+    for path, body in cases:
+        response = client.post(path, json=body, headers=key)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (
+            error["code"] == "prompt_too_large" and "FIREBOX_MAX_PROMPT_BYTES" in error["message"]
+        )
+    assert upstream.requests == []  # nothing reached the engine
+    small = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert client.post("/v1/chat/completions", json=small, headers=key).status_code == 200
