@@ -26,6 +26,7 @@ from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
 from firebox.inference.models import ModelResolver
 from firebox.inference.router import DefaultEngineFactory, EngineFactory, EngineRouter
 from firebox.inference.serving import InferenceService
+from firebox.inference.tokenizer_pool import TokenizerPool
 from firebox.limits.audit import AuditLogService
 from firebox.limits.plans import PlanLimits
 from firebox.limits.quotas import QuotaService
@@ -57,6 +58,7 @@ class Services:
     inference: InferenceService
     embeddings: EmbeddingService
     money: MoneyServices
+    tokenizers: TokenizerPool
     test_clock: OffsetClock | None = None
 
     @property
@@ -94,6 +96,7 @@ class Services:
     async def aclose(self) -> None:
         """Stop engines, then release connections (called at app shutdown)."""
         await self.engines.close()
+        self.tokenizers.close()
         await self.money.aclose()
         self.close()
 
@@ -147,6 +150,12 @@ def build_services(
     journal: UsageJournal = (
         money.ingest.journal if usage is None and money.ingest.journal else NoJournal()
     )
+    tokenizers = TokenizerPool(
+        settings.tokenizer_threads,
+        settings.tokenizer_account_share,
+        settings.tokenizer_account_queue,
+    )
+    prompt_cap = settings.max_prompt_bytes
     return Services(
         settings=settings,
         db=db,
@@ -161,8 +170,13 @@ def build_services(
         catalog=catalog,
         engines=engines,
         usage=recorded,
-        inference=InferenceService(models, engines, sink, clock, money.admission, journal),
-        embeddings=EmbeddingService(models, engines, sink, clock, money.admission),
+        inference=InferenceService(
+            models, engines, sink, clock, money.admission, tokenizers, prompt_cap, journal
+        ),
+        embeddings=EmbeddingService(
+            models, engines, sink, clock, money.admission, tokenizers, prompt_cap
+        ),
         money=money,
+        tokenizers=tokenizers,
         test_clock=test_clock,
     )

@@ -60,6 +60,26 @@ class Settings(BaseSettings):
         description="Open connections one peer address may hold per process; more are "
         "answered 429 and closed. 0: no cap. Behind a proxy every client is the proxy.",
     )
+    max_prompt_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of prompt text (messages as JSON, prompts, embedding inputs) one "
+        "request may send; more is a 400 before any tokenizing. The default holds a "
+        "1M-token context of English text (about 4 bytes a token).",
+    )
+    tokenizer_threads: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Threads that tokenize and template large prompts, off the event loop.",
+    )
+    tokenizer_account_share: int = Field(
+        default=2,
+        ge=1,
+        description="Of those threads, how many one account may hold at once; its further "
+        "large prompts wait (up to FIREBOX_TOKENIZER_ACCOUNT_QUEUE of them, then 429).",
+    )
+    tokenizer_account_queue: int = Field(default=16, ge=0)
     key_cache_ttl_s: float = Field(
         default=30.0,
         ge=0,

@@ -11,7 +11,9 @@ cannot generate past what it was charged for (OpenAI and vLLM default to the
 rest of the context instead; reserving that made every request hold ~20x
 its real cost). Overestimating
 only holds back budget until the request settles; underestimating could let
-the month's usage pass the spend limit, so every bound errs high.
+the month's usage pass the spend limit, so every bound errs high. Where the
+gateway tokenized the prompt ahead (an in-process engine), the caller passes
+its exact count as ``prompt_tokens`` and no bound is needed.
 """
 
 from __future__ import annotations
@@ -83,28 +85,46 @@ def generation_demand(
     account_id: str,
     request_id: str,
     images: int,
+    prompt_tokens: int | None = None,
 ) -> Demand:
-    """The most a chat or completions request can bill."""
+    """The most a chat or completions request can bill (``prompt_tokens``: the exact count)."""
     context = _context(model)
     per_choice = completion_bound(body, model)
     if isinstance(body, ChatCompletionRequest):
-        messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        size = len(orjson.dumps(messages))
-        prompt = _cap(size + TEMPLATE_TOKENS_PER_MESSAGE * len(messages), context)
+        if prompt_tokens is None:
+            messages = [m.model_dump(exclude_none=True) for m in body.messages]
+            size = len(orjson.dumps(messages))
+            prompt_tokens = _cap(size + TEMPLATE_TOKENS_PER_MESSAGE * len(messages), context)
         return _demand(
-            model, request_id, account_id, "chat", prompt, body.n * per_choice, images, body.n
+            model,
+            request_id,
+            account_id,
+            "chat",
+            prompt_tokens,
+            body.n * per_choice,
+            images,
+            body.n,
         )
     prompts = body.prompts()
-    prompt = sum(_prompt_bound(p, context) for p in prompts)
+    if prompt_tokens is None:
+        prompt_tokens = sum(_prompt_bound(p, context) for p in prompts)
     choices = len(prompts) * body.n
     completion = choices * per_choice
-    return _demand(model, request_id, account_id, "completion", prompt, completion, 0, choices)
+    return _demand(
+        model, request_id, account_id, "completion", prompt_tokens, completion, 0, choices
+    )
 
 
 def embedding_demand(
-    body: EmbeddingCreate, model: ModelRef, account_id: str, request_id: str
+    body: EmbeddingCreate,
+    model: ModelRef,
+    account_id: str,
+    request_id: str,
+    prompt_tokens: int | None = None,
 ) -> Demand:
     """The most an embeddings request can bill (its inputs, each bounded by the context)."""
     context = _context(model)
-    prompt = sum(_prompt_bound(i, context) for i in body.inputs())
+    prompt = prompt_tokens
+    if prompt is None:
+        prompt = sum(_prompt_bound(i, context) for i in body.inputs())
     return _demand(model, request_id, account_id, "embedding", prompt, 0)

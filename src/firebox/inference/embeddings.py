@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 import time
 from typing import Any
@@ -14,11 +15,13 @@ from firebox.accounts.roles import Permission
 from firebox.clock import Clock
 from firebox.inference.admission import Admission, OpenAdmission
 from firebox.inference.demand import embedding_demand
-from firebox.inference.engine import EmbeddingRequest
+from firebox.inference.engine import EmbeddingRequest, InputTokenizer
 from firebox.inference.metering import UsageRecord, UsageSink
 from firebox.inference.models import ModelResolver
+from firebox.inference.prompt_size import check_prompt_bytes, prompt_bytes
 from firebox.inference.protocol import EmbeddingCreate
 from firebox.inference.router import EngineRouter
+from firebox.inference.tokenizer_pool import TokenizerPool
 
 
 def encode_base64(vector: list[float]) -> str:
@@ -36,12 +39,16 @@ class EmbeddingService:
         usage: UsageSink,
         clock: Clock,
         admission: Admission | None = None,
+        tokenizers: TokenizerPool | None = None,
+        max_prompt_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self._models = models
         self._router = router
         self._usage = usage
         self._clock = clock
         self._admission = admission or OpenAdmission()
+        self._tokenizers = tokenizers or TokenizerPool()
+        self._max_prompt_bytes = max_prompt_bytes
 
     async def embed(
         self, principal: Principal, body: EmbeddingCreate, request_id: str
@@ -49,9 +56,19 @@ class EmbeddingService:
         principal.require(principal.account_id, Permission.INFERENCE)
         model = self._models.resolve_embedding(principal.account_id, body.model)
         inputs = body.inputs()
+        size = prompt_bytes(body)
+        check_prompt_bytes(size, self._max_prompt_bytes, "input")
         engine = await self._router.embedding_engine(model)
+        token_ids: list[list[int]] | None = None
+        if isinstance(engine, InputTokenizer):
+            # Off the event loop, before admission: the demand holds the exact count.
+            token_ids = await self._tokenizers.run(
+                principal.account_id, size, functools.partial(engine.tokenize_inputs, inputs)
+            )
+        prompt_tokens = None if token_ids is None else sum(len(ids) for ids in token_ids)
         ticket = await self._admission.admit(
-            principal, embedding_demand(body, model, principal.account_id, request_id)
+            principal,
+            embedding_demand(body, model, principal.account_id, request_id, prompt_tokens),
         )
         record: UsageRecord | None = None
         try:
@@ -62,6 +79,7 @@ class EmbeddingService:
                     model=model.engine_model,
                     inputs=inputs,
                     dimensions=body.dimensions,
+                    token_ids=token_ids,
                 )
             )
             record = UsageRecord(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from firebox.errors import FireboxError
 
@@ -37,6 +37,19 @@ class SamplingParams:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenizedPrompt:
+    """A request's prompt tokenized ahead of the run, off the event loop and before admission.
+
+    ``ids`` are what the engine will run (template applied, special tokens
+    added), so their count is the exact prompt-token figure to reserve for;
+    ``echo_text`` is the prompt as text, for ``echo`` (completions).
+    """
+
+    ids: list[int]
+    echo_text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """One text generation, chat or plain completion, addressed to an engine."""
 
@@ -54,6 +67,9 @@ class GenerationRequest:
     # Whether the caller reads the answer as a stream. Events are streamed either
     # way; an engine may use False to fetch the answer whole (an upstream does).
     stream: bool = True
+    # Set by the gateway for engines that tokenize ahead (``PromptTokenizer``):
+    # the engine runs these ids and does not tokenize again.
+    tokenized: TokenizedPrompt | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +143,32 @@ class TextEngine(Protocol):
         ...
 
 
+@runtime_checkable
+class PromptTokenizer(Protocol):
+    """A text engine whose tokenizer is at hand (in process): it tokenizes ahead of the run.
+
+    The gateway calls ``tokenize_prompt`` on a worker thread, before
+    admission, and passes the result on in ``GenerationRequest.tokenized``.
+    """
+
+    def tokenize_prompt(self, request: GenerationRequest) -> TokenizedPrompt:
+        """The prompt's ids, checked against the context (blocking; thread-safe).
+
+        Raises ``PromptTooLong`` from the prompt's byte length alone when it
+        cannot fit, before tokenizing; ``ContextLengthExceeded`` after.
+        """
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class EmbeddingRequest:
     request_id: str
     model: str
     inputs: list[str] | list[list[int]]
     dimensions: int | None = None
+    # Set by the gateway for engines that tokenize ahead (``InputTokenizer``): the
+    # inputs as fed to the model (special tokens added, truncated).
+    token_ids: list[list[int]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +183,15 @@ class EmbeddingEngine(Protocol):
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class InputTokenizer(Protocol):
+    """An embedding engine whose tokenizer is at hand: it tokenizes inputs ahead of the run."""
+
+    def tokenize_inputs(self, inputs: list[str] | list[list[int]]) -> list[list[int]]:
+        """The inputs as the model is fed them (blocking; thread-safe)."""
+        ...
 
 
 class ContextLengthExceeded(FireboxError):
@@ -167,6 +212,23 @@ class ContextLengthExceeded(FireboxError):
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.context_length = context_length
+
+
+class PromptTooLong(FireboxError):
+    """The prompt has more bytes than the model's context can hold, at its tokenizer's densest."""
+
+    http_status = 400
+    status = "INVALID_ARGUMENT"
+    error_type = "invalid_request_error"
+    default_code = "context_length_exceeded"
+
+    def __init__(self, size: int, bytes_per_token: int, context_length: int, param: str) -> None:
+        super().__init__(
+            f"The prompt is {size} bytes long: even at this model's densest ({bytes_per_token} "
+            f"bytes per token) that is more than its context length ({context_length} tokens). "
+            "Shorten the prompt.",
+            param=param,
+        )
 
 
 class UpstreamError(FireboxError):

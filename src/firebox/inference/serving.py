@@ -27,6 +27,7 @@ from firebox.inference.engine import (
     ChoiceFinished,
     GenerationRequest,
     PromptInfo,
+    PromptTokenizer,
     SamplingParams,
     TextDelta,
     TextEngine,
@@ -41,9 +42,11 @@ from firebox.inference.metering import (
     UsageSink,
 )
 from firebox.inference.models import ModelRef, ModelResolver
+from firebox.inference.prompt_size import check_prompt_bytes, prompt_bytes
 from firebox.inference.protocol import ChatCompletionRequest, CompletionRequest
 from firebox.inference.router import EngineRouter
 from firebox.inference.run import GenerationRun
+from firebox.inference.tokenizer_pool import TokenizerPool
 
 log = logging.getLogger("firebox.inference")
 
@@ -85,6 +88,8 @@ class InferenceService:
         usage: UsageSink,
         clock: Clock,
         admission: Admission | None = None,
+        tokenizers: TokenizerPool | None = None,
+        max_prompt_bytes: int = 4 * 1024 * 1024,
         journal: UsageJournal | None = None,
     ) -> None:
         self._models = models
@@ -92,6 +97,8 @@ class InferenceService:
         self._usage = usage
         self._clock = clock
         self._admission = admission or OpenAdmission()
+        self._tokenizers = tokenizers or TokenizerPool()
+        self._max_prompt_bytes = max_prompt_bytes
         self._journal = journal or NoJournal()
 
     async def generate(
@@ -106,8 +113,16 @@ class InferenceService:
         engine = await self._router.text_engine(model)
         images = body.image_count() if isinstance(body, ChatCompletionRequest) else 0
         self._check(body, model, engine, images)
+        size = prompt_bytes(body)
+        check_prompt_bytes(size, self._max_prompt_bytes, "messages" if kind == "chat" else "prompt")
         requests = self._engine_requests(body, kind, model, request_id)
-        demand = generation_demand(body, model, principal.account_id, request_id, images)
+        prompt_tokens: int | None = None
+        if isinstance(engine, PromptTokenizer):
+            requests = await self._tokenize(principal.account_id, engine, requests, size)
+            prompt_tokens = sum(len(r.tokenized.ids) for r in requests if r.tokenized)
+        demand = generation_demand(
+            body, model, principal.account_id, request_id, images, prompt_tokens
+        )
         ticket = await self._admission.admit(principal, demand)
         try:
             requests = _capped(requests, ticket.completion_cap)
@@ -125,6 +140,27 @@ class InferenceService:
         if body.stream:
             return await self._stream(run, meter, shape, body)
         return await self._complete(run, meter, shape, body)
+
+    async def _tokenize(
+        self,
+        account_id: str,
+        engine: PromptTokenizer,
+        requests: list[GenerationRequest],
+        size: int,
+    ) -> list[GenerationRequest]:
+        """``requests`` with their prompts tokenized on the pool, checked against the context.
+
+        Runs before admission so that the demand holds the exact prompt count,
+        and the engine does not tokenize again.
+        """
+        share = max(size // max(len(requests), 1), 1)  # each prompt's part, for the inline rule
+        done = []
+        for request in requests:
+            tokenized = await self._tokenizers.run(
+                account_id, share, functools.partial(engine.tokenize_prompt, request)
+            )
+            done.append(replace(request, tokenized=tokenized))
+        return done
 
     def _check(self, body: Body, model: ModelRef, engine: TextEngine, images: int) -> None:
         """Refuse what the model or its engine cannot do, naming the parameter."""

@@ -6,7 +6,9 @@ shape, and gives the same vectors sentence-transformers would (to float32
 rounding). It validates a request on the caller's thread (cheap, so a bad
 request never waits behind others), then hands it to a ``MicroBatcher`` whose
 single worker thread owns the model: the event loop never runs a tokenizer or
-a forward pass, and concurrent requests share forward passes.
+a forward pass, and concurrent requests share forward passes. The gateway
+may tokenize ahead (``tokenize_inputs``, on its tokenizer pool): the worker
+then runs the ids it is given and tokenizes nothing.
 
 Inputs longer than the model's ``max_seq_length`` are truncated, not refused,
 as sentence-transformers and OpenAI-compatible servers do for embeddings;
@@ -113,6 +115,7 @@ class SentenceEmbeddingEngine:
         # contends with (or corrupts the settings of) the worker's.
         self._counter = SentenceTokenizer(self._config, self._encoder.max_position_embeddings)
         self._counter_lock = threading.Lock()
+        self._thread_tokens = threading.local()  # tokenize_inputs': one tokenizer per thread
         self._batcher = MicroBatcher(
             self._encoder, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens
         )
@@ -165,6 +168,20 @@ class SentenceEmbeddingEngine:
         with self._counter_lock:
             return sum(len(ids) for ids in self._counter.tokenize(checked))
 
+    def tokenize_inputs(self, inputs: list[str] | list[list[int]]) -> list[list[int]]:
+        """``inputs`` as the model is fed them: framed by special tokens, truncated.
+
+        Blocking and thread-safe (each calling thread gets its own tokenizer);
+        the gateway runs it on its tokenizer pool and passes the result on in
+        ``EmbeddingRequest.token_ids``, so the count it reserves for is exact.
+        """
+        checked = validate_inputs(inputs, self._encoder.vocab_size)
+        tokens: SentenceTokenizer | None = getattr(self._thread_tokens, "tokens", None)
+        if tokens is None:
+            tokens = SentenceTokenizer(self._config, self._encoder.max_position_embeddings)
+            self._thread_tokens.tokens = tokens
+        return tokens.tokenize(checked)
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """Vectors of ``request.inputs``, in order, and the tokens they took.
 
@@ -178,8 +195,12 @@ class SentenceEmbeddingEngine:
                 f"omit dimensions or set it to {self.dimensions}.",
                 param="dimensions",
             )
-        inputs = validate_inputs(request.inputs, self._encoder.vocab_size)
-        future = self._batcher.submit(inputs, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        if request.token_ids is not None:
+            future = self._batcher.submit(request.token_ids, loop, framed=True)
+        else:
+            inputs = validate_inputs(request.inputs, self._encoder.vocab_size)
+            future = self._batcher.submit(inputs, loop)
         return await future
 
     def shutdown(self, timeout: float | None = None) -> None:

@@ -45,6 +45,7 @@ class _Job:
     inputs: Sequence[EncoderInput]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[EmbeddingResult]
+    framed: bool = False  # inputs are the ids the model is fed (tokenized ahead)
     answered: bool = False  # set by the worker when it settles the future
 
 
@@ -97,9 +98,17 @@ class MicroBatcher:
         return self._closed
 
     def submit(
-        self, inputs: Sequence[EncoderInput], loop: asyncio.AbstractEventLoop
+        self,
+        inputs: Sequence[EncoderInput],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        framed: bool = False,
     ) -> asyncio.Future[EmbeddingResult]:
-        """Queue ``inputs``; the returned future (bound to ``loop``) gets their vectors."""
+        """Queue ``inputs``; the returned future (bound to ``loop``) gets their vectors.
+
+        ``framed``: the inputs are already the id sequences the model is fed
+        (special tokens added, truncated), so the worker does not tokenize them.
+        """
         future: asyncio.Future[EmbeddingResult] = loop.create_future()
         with self._lock:
             if self._closed:
@@ -107,7 +116,7 @@ class MicroBatcher:
                     "The embedding engine has been shut down and accepts no more requests; "
                     "retry on a running server."
                 )
-            self._queue.put(_Job(inputs, loop, future))
+            self._queue.put(_Job(inputs, loop, future, framed))
         return future
 
     def shutdown(self, timeout: float | None = None) -> None:
@@ -169,7 +178,13 @@ class MicroBatcher:
         starts = [0]
         for job in jobs:
             starts.append(starts[-1] + len(job.inputs))
-        sequences = self._encoder.tokenize([item for job in jobs for item in job.inputs])
+        raw = [item for job in jobs if not job.framed for item in job.inputs]
+        tokenized = iter(self._encoder.tokenize(raw) if raw else [])
+        sequences: list[list[int]] = []
+        for job in jobs:
+            for item in job.inputs:
+                framed = job.framed and not isinstance(item, str)
+                sequences.append([int(t) for t in item] if framed else next(tokenized))
         vectors: list[list[float]] = [[] for _ in sequences]
         missing = [len(job.inputs) for job in jobs]
         for chunk in self._chunks(sequences):

@@ -5,7 +5,8 @@ generation prompt), then tokenized without adding special tokens again (the
 template writes them); completion prompts are tokenized as the tokenizer
 does by default, or taken as given when they are token ids. The context
 check happens here, on the caller's side, so an oversized request fails
-before it queues.
+before it queues; with ``max_bytes`` (see ``token_bytes``) a text too long
+to fit is refused from its length, before it is tokenized at all.
 """
 
 from __future__ import annotations
@@ -15,7 +16,23 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from firebox.errors import InvalidArgument
-from firebox.inference.engine import ContextLengthExceeded, GenerationRequest
+from firebox.inference.engine import ContextLengthExceeded, GenerationRequest, PromptTooLong
+
+
+class ByteLimit:
+    """A text longer than ``bytes_per_token`` x ``context_length`` bytes cannot fit."""
+
+    def __init__(self, bytes_per_token: int, context_length: int) -> None:
+        self.bytes_per_token = bytes_per_token
+        self.context_length = context_length
+
+    def check(self, text: str, param: str) -> None:
+        limit = self.bytes_per_token * self.context_length
+        if len(text) <= limit // 4:
+            return  # a character is at most 4 bytes: no need to encode
+        size = len(text.encode())
+        if size > limit:
+            raise PromptTooLong(size, self.bytes_per_token, self.context_length, param)
 
 
 def _text_content(content: Any) -> Any:
@@ -36,9 +53,15 @@ def _text_content(content: Any) -> Any:
 
 
 def chat_prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    max_bytes: ByteLimit | None = None,
 ) -> list[int]:
-    """The token ids of ``messages`` rendered by the model's chat template."""
+    """The token ids of ``messages`` rendered by the model's chat template.
+
+    The byte rule applies to the rendered text: a template may trim or
+    repeat what the messages hold.
+    """
     if not getattr(tokenizer, "chat_template", None):
         raise InvalidArgument(
             "This model has no chat template; use the completions endpoint instead.",
@@ -51,15 +74,22 @@ def chat_prompt_ids(
         raise InvalidArgument(
             f"The model's chat template refused these messages: {exc}", param="messages"
         ) from exc
+    if max_bytes is not None:
+        max_bytes.check(str(text), "messages")
     ids: list[int] = tokenizer(str(text), add_special_tokens=False)["input_ids"]
     return ids
 
 
 def completion_prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, prompt: str | list[int], vocab_size: int
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[int],
+    vocab_size: int,
+    max_bytes: ByteLimit | None = None,
 ) -> list[int]:
     """A completion prompt's ids: tokenized (with the tokenizer's special tokens) or as given."""
     if isinstance(prompt, str):
+        if max_bytes is not None:
+            max_bytes.check(prompt, "prompt")
         ids: list[int] = tokenizer(prompt)["input_ids"]
         return ids
     if not all(type(t) is int and 0 <= t < vocab_size for t in prompt):
@@ -71,16 +101,19 @@ def completion_prompt_ids(
 
 
 def prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, request: GenerationRequest, vocab_size: int
+    tokenizer: PreTrainedTokenizerBase,
+    request: GenerationRequest,
+    vocab_size: int,
+    max_bytes: ByteLimit | None = None,
 ) -> list[int]:
     if request.kind == "chat":
         if not request.messages:
             raise InvalidArgument("messages must hold at least one message.", param="messages")
-        ids = chat_prompt_ids(tokenizer, request.messages)
+        ids = chat_prompt_ids(tokenizer, request.messages, max_bytes)
     else:
         if request.prompt is None:
             raise InvalidArgument("prompt is required.", param="prompt")
-        ids = completion_prompt_ids(tokenizer, request.prompt, vocab_size)
+        ids = completion_prompt_ids(tokenizer, request.prompt, vocab_size, max_bytes)
     if not ids:
         raise InvalidArgument(
             "The prompt is empty: it must hold at least one token.", param="prompt"

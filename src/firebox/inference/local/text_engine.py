@@ -4,8 +4,11 @@
 local Hugging Face folder (Llama, Mistral, Qwen2), on CPU or CUDA, with a
 paged KV cache, a prefix cache and any number of registered LoRA add-ons
 applied per row of a shared batch. All model work happens on one scheduler
-thread (see ``scheduler``); ``generate`` only tokenizes, checks the context
-and waits on its queue, so the event loop never runs a forward pass.
+thread (see ``scheduler``); ``generate`` only checks the context and waits
+on its queue, so the event loop never runs a forward pass. The gateway
+tokenizes ahead with ``tokenize_prompt`` on a worker thread (each thread its
+own copy of the tokenizer), and a prompt whose byte length alone shows it
+cannot fit is refused before it is tokenized (``token_bytes``).
 
 Nothing is downloaded: the folder must hold config.json, safetensors
 weights and tokenizer files.
@@ -14,6 +17,7 @@ weights and tokenizer files.
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -28,12 +32,13 @@ from firebox.inference.engine import (
     EngineCapabilities,
     GenerationEvent,
     GenerationRequest,
+    TokenizedPrompt,
 )
 from firebox.inference.local.choice_output import ChoiceOutput, TokenTexts
 from firebox.inference.local.kv_cache import BlockPool, KVCache, block_hashes
 from firebox.inference.local.lora_files import AdapterSpec, read_adapter_spec
 from firebox.inference.local.lora_slots import LoraSlots
-from firebox.inference.local.prompting import prompt_ids, resolve_max_tokens
+from firebox.inference.local.prompting import ByteLimit, prompt_ids, resolve_max_tokens
 from firebox.inference.local.running_batch import BatchLimits, RunningBatch
 from firebox.inference.local.sampling import RowSampler, make_generator
 from firebox.inference.local.scheduler import EngineClosed, Scheduler
@@ -42,6 +47,7 @@ from firebox.inference.local.stats import EngineStats
 from firebox.inference.local.text_config import TextModelConfig, read_text_model_config
 from firebox.inference.local.text_model import TextModel
 from firebox.inference.local.text_weights import load_weights
+from firebox.inference.local.token_bytes import max_bytes_per_token
 
 LOCAL_TEXT_CAPABILITIES = EngineCapabilities(
     params=frozenset(
@@ -161,6 +167,9 @@ class LocalTextEngine:
         self._worker_tokenizer = worker_tokenizer  # used on the scheduler thread only
         self._texts = texts
         self._scheduler = scheduler
+        # None: this tokenizer may drop text, so byte length bounds nothing.
+        self.bytes_per_token = max_bytes_per_token(tokenizer)
+        self._thread_tokenizers = threading.local()  # tokenize_prompt's, one per thread
         self._adapters: dict[str, AdapterSpec] = {}
         self._adapters_lock = threading.Lock()
         self._registrations = 0
@@ -280,7 +289,37 @@ class LocalTextEngine:
             if not done:
                 self._scheduler.cancel(group)
 
-    def _group(self, request: GenerationRequest, sink: EventSink) -> RequestGroup:
+    def tokenize_prompt(self, request: GenerationRequest) -> TokenizedPrompt:
+        """``request``'s prompt ids, checked against the context (``PromptTokenizer``).
+
+        Blocking and thread-safe: each calling thread tokenizes with its own
+        copy of the tokenizer, so threads never wait on each other. A prompt
+        that cannot fit by its byte length is refused before it is tokenized.
+        """
+        self._check_params(request)
+        context = self._context(request)
+        limit = None if self.bytes_per_token is None else ByteLimit(self.bytes_per_token, context)
+        tokenizer = self._thread_tokenizer()
+        ids = prompt_ids(tokenizer, request, self.config.vocab_size, limit)
+        params = request.params
+        resolve_max_tokens(len(ids), params.max_tokens, context, request.truncate_max_tokens)
+        echo_text = ""
+        if request.kind == "completion" and params.echo:
+            prompt = request.prompt
+            echo_text = prompt if isinstance(prompt, str) else str(tokenizer.decode(ids))
+        return TokenizedPrompt(ids, echo_text)
+
+    def _thread_tokenizer(self) -> PreTrainedTokenizerBase:
+        tokenizer: PreTrainedTokenizerBase | None = getattr(
+            self._thread_tokenizers, "tokenizer", None
+        )
+        if tokenizer is None:
+            with self._tokenizer_lock:
+                tokenizer = copy.deepcopy(self._tokenizer)
+            self._thread_tokenizers.tokenizer = tokenizer
+        return tokenizer
+
+    def _check_params(self, request: GenerationRequest) -> None:
         params = request.params
         if not 1 <= params.n <= MAX_CHOICES:
             raise InvalidArgument(f"n must be between 1 and {MAX_CHOICES}.", param="n")
@@ -288,23 +327,41 @@ class LocalTextEngine:
             raise InvalidArgument(
                 f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}.", param="top_logprobs"
             )
-        adapter = self._adapter(request.adapter)
-        with self._tokenizer_lock:
-            ids = prompt_ids(self._tokenizer, request, self.config.vocab_size)
-            prompt_text = ""
-            if request.kind == "completion" and params.echo:
-                prompt = request.prompt
-                prompt_text = (
-                    prompt if isinstance(prompt, str) else str(self._tokenizer.decode(ids))
-                )
+
+    def _context(self, request: GenerationRequest) -> int:
+        """Tokens a sequence of ``request`` may hold: the model's context, and the KV cache's."""
         stats = self._scheduler.stats()
         # one sequence must fit the cache alone (with the blocks its siblings copy)
-        capacity = (stats.blocks_total - (params.n - 1)) * stats.block_size
+        capacity = (stats.blocks_total - (request.params.n - 1)) * stats.block_size
         context = (
             request.context_length if request.context_length > 0 else self.config.max_positions
         )
+        return min(context, capacity)
+
+    def _group(self, request: GenerationRequest, sink: EventSink) -> RequestGroup:
+        params = request.params
+        self._check_params(request)
+        adapter = self._adapter(request.adapter)
+        if request.tokenized is not None:  # tokenized ahead by the gateway, off the loop
+            ids = list(request.tokenized.ids)
+            prompt_text = request.tokenized.echo_text
+        else:
+            limit = (
+                None
+                if self.bytes_per_token is None
+                else ByteLimit(self.bytes_per_token, self._context(request))
+            )
+            with self._tokenizer_lock:
+                ids = prompt_ids(self._tokenizer, request, self.config.vocab_size, limit)
+                prompt_text = ""
+                if request.kind == "completion" and params.echo:
+                    prompt = request.prompt
+                    prompt_text = (
+                        prompt if isinstance(prompt, str) else str(self._tokenizer.decode(ids))
+                    )
+        stats = self._scheduler.stats()
         max_tokens = resolve_max_tokens(
-            len(ids), params.max_tokens, min(context, capacity), request.truncate_max_tokens
+            len(ids), params.max_tokens, self._context(request), request.truncate_max_tokens
         )
         cap = (
             len(ids)
