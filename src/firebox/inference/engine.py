@@ -111,6 +111,8 @@ class EngineCapabilities:
     params: frozenset[str]  # optional OpenAI parameters honoured (e.g. "logprobs", "tools")
     passthrough: frozenset[str] = frozenset()  # sent to the engine verbatim in ``extra``
     vision: bool = False
+    # Token ids are below this (``logit_bias`` is checked against it); None: unknown.
+    vocab_size: int | None = None
 
 
 class TextEngine(Protocol):
@@ -167,6 +169,19 @@ class ContextLengthExceeded(FireboxError):
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.context_length = context_length
+
+
+class GenerationFailed(FireboxError):
+    """The engine could not continue this one request (its other requests go on).
+
+    Raised from the event stream after any output: the serving layer meters
+    what was produced and ends a stream with an SSE error event.
+    """
+
+    http_status = 500
+    status = "INTERNAL"
+    error_type = "internal_error"
+    default_code = "generation_failed"
 
 
 class UpstreamError(FireboxError):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,18 +20,17 @@ import anyio
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Permission
 from firebox.clock import Clock
-from firebox.errors import InvalidArgument
+from firebox.errors import FireboxError, InvalidArgument
 from firebox.inference import responses
 from firebox.inference.admission import Admission, OpenAdmission, Ticket
 from firebox.inference.demand import generation_demand
 from firebox.inference.engine import (
     ChoiceFinished,
+    GenerationEvent,
     GenerationRequest,
-    PromptInfo,
     SamplingParams,
     TextDelta,
     TextEngine,
-    UsageReport,
 )
 from firebox.inference.metering import Outcome, UsageRecord, UsageSink
 from firebox.inference.models import ModelRef, ModelResolver
@@ -129,6 +129,15 @@ class InferenceService:
                     code="unsupported_parameter",
                     param=name,
                 )
+        vocab = engine.capabilities.vocab_size
+        if body.logit_bias and vocab is not None:
+            outside = sorted((k for k in body.logit_bias if int(k) >= vocab), key=int)
+            if outside:
+                raise InvalidArgument(
+                    f"logit_bias names token {outside[0]}, outside the vocabulary of "
+                    f"{model.name!r} (token ids 0 to {vocab - 1}).",
+                    param=f"logit_bias.{outside[0]}",
+                )
         if body.echo and body.stream and isinstance(body, CompletionRequest):
             raise InvalidArgument("echo cannot be combined with stream.", param="echo")
 
@@ -145,7 +154,7 @@ class InferenceService:
             max_tokens=body.token_limit(),
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
-            top_k=body.top_k or 0,
+            top_k=max(body.top_k or 0, 0),  # -1 and 0 both disable it
             min_p=body.min_p or 0.0,
             presence_penalty=body.presence_penalty or 0.0,
             frequency_penalty=body.frequency_penalty or 0.0,
@@ -187,6 +196,9 @@ class InferenceService:
             async for _ in run.events():
                 pass
             outcome = "completed"
+        except Exception:  # the engine failed: billed for what it produced, if anything
+            outcome = "failed"
+            raise
         except BaseException:
             outcome = "cancelled" if run.produced_output() else "failed"
             raise
@@ -220,23 +232,9 @@ class InferenceService:
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             outcome: Outcome = "stopped"
             try:
-                pending = [first] if first is not None else []
-                sent_role: set[int] = set()
-                while True:
-                    if pending:
-                        event = pending.pop()
-                    else:
-                        try:
-                            event = await events.__anext__()
-                        except StopAsyncIteration:
-                            break
-                    if isinstance(event, TextDelta):
-                        yield responses.delta_chunk(shape, event, event.index not in sent_role)
-                        sent_role.add(event.index)
-                    elif isinstance(event, ChoiceFinished):
-                        yield responses.finish_chunk(shape, event)
-                    elif isinstance(event, PromptInfo | UsageReport):
-                        continue
+                async with aclosing(_event_chunks(shape, first, events)) as stream:
+                    async for chunk in stream:
+                        yield chunk
                 if body.include_usage() or body.perf_metrics_in_response:
                     yield responses.usage_chunk(
                         shape,
@@ -247,6 +245,13 @@ class InferenceService:
             except GeneratorExit:
                 outcome = "cancelled"
                 raise
+            except Exception as exc:
+                # The engine failed mid-answer (the headers are sent): end the stream
+                # with an error event, not a cut, and bill what was produced.
+                outcome = "failed"
+                if not isinstance(exc, FireboxError):
+                    log.exception("request %s failed mid-stream", shape.request_id)
+                yield responses.error_chunk(exc)
             except BaseException:
                 outcome = "cancelled" if run.produced_output() else "failed"
                 raise
@@ -256,6 +261,27 @@ class InferenceService:
                     await meter.emit(run, outcome)
 
         return StreamingAnswer(headers, chunks(), functools.partial(meter.close, run))
+
+
+async def _event_chunks(
+    shape: responses.Shape, first: GenerationEvent | None, events: AsyncIterator[GenerationEvent]
+) -> AsyncGenerator[dict[str, Any]]:
+    """The SSE chunks of the engine's events, ``first`` (already read) included."""
+    pending = [first] if first is not None else []
+    sent_role: set[int] = set()
+    while True:
+        if pending:
+            event = pending.pop()
+        else:
+            try:
+                event = await events.__anext__()
+            except StopAsyncIteration:
+                break
+        if isinstance(event, TextDelta):
+            yield responses.delta_chunk(shape, event, event.index not in sent_role)
+            sent_role.add(event.index)
+        elif isinstance(event, ChoiceFinished):
+            yield responses.finish_chunk(shape, event)
 
 
 class _Meter:
