@@ -167,6 +167,18 @@ class _GenerationBody(BaseModel):
             )
         return self
 
+    def check_vocabulary(self, vocab_size: int | None) -> None:
+        """Refuse ``logit_bias`` token ids outside the model's vocabulary, when it is known."""
+        if not self.logit_bias or vocab_size is None:
+            return
+        outside = sorted((k for k in self.logit_bias if int(k) >= vocab_size), key=int)
+        if outside:
+            raise InvalidArgument(
+                f"logit_bias names token {outside[0]}, outside the model's vocabulary "
+                f"(token ids 0 to {vocab_size - 1}).",
+                param=f"logit_bias.{outside[0]}",
+            )
+
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()

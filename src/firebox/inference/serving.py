@@ -129,15 +129,7 @@ class InferenceService:
                     code="unsupported_parameter",
                     param=name,
                 )
-        vocab = engine.capabilities.vocab_size
-        if body.logit_bias and vocab is not None:
-            outside = sorted((k for k in body.logit_bias if int(k) >= vocab), key=int)
-            if outside:
-                raise InvalidArgument(
-                    f"logit_bias names token {outside[0]}, outside the vocabulary of "
-                    f"{model.name!r} (token ids 0 to {vocab - 1}).",
-                    param=f"logit_bias.{outside[0]}",
-                )
+        body.check_vocabulary(engine.capabilities.vocab_size)
         if body.echo and body.stream and isinstance(body, CompletionRequest):
             raise InvalidArgument("echo cannot be combined with stream.", param="echo")
 
