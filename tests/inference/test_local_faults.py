@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 
 from firebox.inference.engine import (
     GenerationEvent,
     GenerationFailed,
     GenerationRequest,
+    SamplingParams,
     TextDelta,
     UsageReport,
 )
+from firebox.inference.local.sampling import RowSampler, UnsampleableRow, make_generator, sample
 from firebox.inference.local.text_engine import LocalTextEngine
 from tests.inference.test_local_support import (
     TokenIds,
@@ -177,3 +180,21 @@ async def test_a_vanishing_repetition_penalty_is_sampled_not_fatal(
         )
     )
     assert result.usage is not None and result.usage.completion_tokens == 4
+
+
+def test_sample_returns_the_error_for_the_row_it_cannot_sample_only() -> None:
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+
+    def rows(middle: SamplingParams) -> list[RowSampler]:
+        params = [SamplingParams(temperature=0.7, seed=1), middle, SamplingParams(temperature=0.0)]
+        return [
+            RowSampler(
+                p, make_generator(p.seed, logits.device), torch.empty(0, dtype=torch.long), []
+            )
+            for p in params
+        ]
+
+    clean = sample(logits, rows(SamplingParams(temperature=0.9, seed=4)))
+    poisoned = sample(logits, rows(SamplingParams(temperature=math.nan)))
+    assert isinstance(poisoned[1], UnsampleableRow)
+    assert [poisoned[0], poisoned[2]] == [clean[0], clean[2]]  # seeded and greedy rows unchanged

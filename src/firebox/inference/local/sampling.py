@@ -128,14 +128,20 @@ def _sample_row(x: torch.Tensor, row: RowSampler) -> int:
     if row.greedy:
         return int(x.argmax())
     probs = _warp(x, row.params).softmax(-1)
-    # one host sync, as int() below already is: NaN, inf or no mass cannot be drawn from
-    if not bool(torch.isfinite(probs).all() & (probs.sum() > 0)):
+    # NaN, inf or no mass cannot be drawn from, and on CUDA multinomial would trip a
+    # device-side assert that breaks the whole process: draw from a harmless stand-in
+    # instead, and read the verdict with the token in the one host sync int() costs.
+    usable = torch.isfinite(probs).all() & (probs.sum() > 0)
+    safe = torch.where(usable, probs, torch.ones_like(probs))
+    drawn = torch.multinomial(safe, 1, generator=row.generator)
+    token, ok = torch.cat([drawn, usable.reshape(1).long()]).tolist()
+    if not ok:
         raise UnsampleableRow(
             "the next-token distribution is not finite (sampling parameters "
             f"temperature={row.params.temperature!r}, top_p={row.params.top_p!r}, "
             f"min_p={row.params.min_p!r}, repetition_penalty={row.params.repetition_penalty!r})"
         )
-    return int(torch.multinomial(probs, 1, generator=row.generator))
+    return int(token)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: list[int], top: list[int]) -> list[TokenLogprob]:
