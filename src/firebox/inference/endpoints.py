@@ -6,6 +6,8 @@ OpenAI error shape that names the parameter, before any work is done.
 
 from __future__ import annotations
 
+import json
+import math
 import secrets
 import uuid
 from typing import Any, TypeVar
@@ -35,6 +37,13 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        where = _non_finite_number(raw)
+        if where is not None:
+            raise InvalidArgument(
+                f"Invalid value for {where!r}: numbers must be finite (NaN, Infinity and "
+                "values beyond the double range such as 1e400 are refused).",
+                param=where,
+            ) from None
         raise InvalidArgument(
             f"The request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
@@ -45,6 +54,41 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
     except ValidationError as exc:
         message, code, param = describe_invalid(exc.errors(), noun="parameter")
         raise InvalidArgument(message, code=code, param=param) from None
+
+
+class _NonFinite:
+    """Stands for a NaN or infinite number while a refused body is parsed again."""
+
+
+def _non_finite_number(raw: bytes) -> str | None:
+    """The dotted path of the first NaN/infinite number in ``raw``, if that is what orjson refused.
+
+    orjson refuses such numbers (``1e400``, ``NaN``, ``Infinity``) but says only
+    where in the text. Only refused bodies are parsed a second time, with the
+    standard library, which reports them to hooks; the hot path is untouched.
+    """
+
+    def number(text: str) -> float | _NonFinite:
+        value = float(text)
+        return value if math.isfinite(value) else _NonFinite()
+
+    try:
+        data = json.loads(raw, parse_float=number, parse_constant=lambda _: _NonFinite())
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, _NonFinite):
+            return path or "body"
+        if isinstance(value, dict):
+            items = list(value.items())
+        elif isinstance(value, list):
+            items = [(str(i), v) for i, v in enumerate(value)]
+        else:
+            continue
+        stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(items))
+    return None
 
 
 def _created(model: ResolvedModel) -> int:

@@ -127,6 +127,8 @@ class EngineCapabilities:
     params: frozenset[str]  # optional OpenAI parameters honoured (e.g. "logprobs", "tools")
     passthrough: frozenset[str] = frozenset()  # sent to the engine verbatim in ``extra``
     vision: bool = False
+    # Token ids are below this (``logit_bias`` is checked against it); None: unknown.
+    vocab_size: int | None = None
 
 
 class TextEngine(Protocol):
@@ -229,6 +231,19 @@ class PromptTooLong(FireboxError):
             "Shorten the prompt.",
             param=param,
         )
+
+
+class GenerationFailed(FireboxError):
+    """The engine could not continue this one request (its other requests go on).
+
+    Raised from the event stream after any output: the serving layer meters
+    what was produced and ends a stream with an SSE error event.
+    """
+
+    http_status = 500
+    status = "INTERNAL"
+    error_type = "internal_error"
+    default_code = "generation_failed"
 
 
 class UpstreamError(FireboxError):

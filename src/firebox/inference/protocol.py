@@ -6,6 +6,12 @@ Fireworks/OpenAI parameters that Firebox does not implement get their own
 message. Which optional parameters a request may use also depends on the
 engine serving the model (``EngineCapabilities``): ``optional_params_used``
 tells the serving layer what to check.
+
+Sampling parameters are held to the ranges vLLM and OpenAI use, and no
+number may be NaN or infinite (``allow_inf_nan=False``; JSON bodies cannot
+carry them either, see ``endpoints.parse_body``): an engine must never be
+handed a value it cannot sample with, since one such request used to stop
+every request sharing its batch.
 """
 
 from __future__ import annotations
@@ -67,6 +73,11 @@ OPTIONAL_PARAMS = frozenset(
         "prompt_cache_max_len",
     }
 )
+# Bounds of the sampling parameters, as vLLM's OpenAI server and OpenAI enforce them.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a signed 64-bit integer
+LOGIT_BIAS_LIMIT = 100.0
+MAX_TOKEN_ID = 2**31 - 1  # token ids are int32 in every tokenizer; the vocabulary is checked later
+
 # Those the engine receives verbatim (they have no SamplingParams field).
 PASSTHROUGH = frozenset({"tools", "tool_choice", "logit_bias", "parallel_tool_calls"})
 
@@ -84,23 +95,23 @@ class ResponseFormat(BaseModel):
 class _GenerationBody(BaseModel):
     """Fields shared by chat and completions."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=512)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0, le=100_000)
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_TOKEN_ID)  # -1 and 0: disabled
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     user: str | None = Field(default=None, max_length=256)
@@ -121,6 +132,17 @@ class _GenerationBody(BaseModel):
             raise ValueError("at most 16 stop sequences")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        """Keys are token ids (decimal strings), values in [-100, 100] (OpenAI's range)."""
+        for key, bias in (value or {}).items():
+            if not key.isascii() or not key.isdigit() or int(key) > MAX_TOKEN_ID:
+                raise ValueError(f"key {key!r} is not a token id (a non-negative integer)")
+            if not -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT:
+                raise ValueError(f"the bias of token {key} must be between -100 and 100")
         return value
 
     @model_validator(mode="after")
@@ -145,6 +167,18 @@ class _GenerationBody(BaseModel):
             )
         return self
 
+    def check_vocabulary(self, vocab_size: int | None) -> None:
+        """Refuse ``logit_bias`` token ids outside the model's vocabulary, when it is known."""
+        if not self.logit_bias or vocab_size is None:
+            return
+        outside = sorted((k for k in self.logit_bias if int(k) >= vocab_size), key=int)
+        if outside:
+            raise InvalidArgument(
+                f"logit_bias names token {outside[0]}, outside the model's vocabulary "
+                f"(token ids 0 to {vocab_size - 1}).",
+                param=f"logit_bias.{outside[0]}",
+            )
+
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
@@ -166,6 +200,8 @@ class _GenerationBody(BaseModel):
             if name == "response_format" and value is not None and value.type == "text":
                 continue
             if name == "repetition_penalty" and value == 1.0:
+                continue
+            if name == "top_k" and value == -1:
                 continue
             used.append(name)
         return used

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from firebox.errors import FireboxError
+from firebox.http.errors import error_body
 from firebox.inference.engine import ChoiceFinished, TextDelta
 from firebox.inference.run import ChoiceState, GenerationRun
 
@@ -81,6 +83,24 @@ def usage_chunk(shape: Shape, usage: dict[str, Any], perf: dict[str, Any] | None
     if perf is not None:
         chunk["perf_metrics"] = perf
     return chunk
+
+
+def error_chunk(exc: Exception) -> dict[str, Any]:
+    """The SSE event that ends a stream which failed after it started (vLLM/OpenAI send one).
+
+    OpenAI clients raise an ``APIError`` from it, instead of seeing the
+    stream just stop. Anything but a ``FireboxError`` is reported without its
+    details (they are logged).
+    """
+    if isinstance(exc, FireboxError):
+        return error_body(exc.message, exc.error_type, exc.code, exc.param, exc.status)
+    return error_body(
+        "The answer failed while it was being generated; retry the request.",
+        "internal_error",
+        "internal_error",
+        None,
+        "INTERNAL",
+    )
 
 
 def _full_choice(shape: Shape, index: int, state: ChoiceState) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -19,19 +20,18 @@ import anyio
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Permission
 from firebox.clock import Clock
-from firebox.errors import InvalidArgument
+from firebox.errors import FireboxError, InvalidArgument
 from firebox.inference import responses
 from firebox.inference.admission import Admission, OpenAdmission, Ticket
 from firebox.inference.demand import generation_demand
 from firebox.inference.engine import (
     ChoiceFinished,
+    GenerationEvent,
     GenerationRequest,
-    PromptInfo,
     PromptTokenizer,
     SamplingParams,
     TextDelta,
     TextEngine,
-    UsageReport,
 )
 from firebox.inference.metering import (
     NoJournal,
@@ -179,6 +179,7 @@ class InferenceService:
                     code="unsupported_parameter",
                     param=name,
                 )
+        body.check_vocabulary(engine.capabilities.vocab_size)
         if body.echo and body.stream and isinstance(body, CompletionRequest):
             raise InvalidArgument("echo cannot be combined with stream.", param="echo")
 
@@ -202,7 +203,7 @@ class InferenceService:
             max_tokens=max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
-            top_k=body.top_k or 0,
+            top_k=max(body.top_k or 0, 0),  # -1 and 0 both disable it
             min_p=body.min_p or 0.0,
             presence_penalty=body.presence_penalty or 0.0,
             frequency_penalty=body.frequency_penalty or 0.0,
@@ -245,6 +246,9 @@ class InferenceService:
             async for _ in run.events():
                 pass
             outcome = "completed"
+        except Exception:  # the engine failed: billed for what it produced, if anything
+            outcome = "failed"
+            raise
         except BaseException:
             outcome = "cancelled" if run.produced_output() else "failed"
             raise
@@ -280,30 +284,19 @@ class InferenceService:
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             outcome: Outcome = "stopped"
             try:
-                pending = [first] if first is not None else []
-                sent_role: set[int] = set()
-                while True:
-                    if pending:
-                        event = pending.pop()
-                    else:
-                        try:
-                            event = await events.__anext__()
-                        except StopAsyncIteration:
-                            break
-                    if isinstance(event, TextDelta):
-                        yield responses.delta_chunk(shape, event, event.index not in sent_role)
-                        sent_role.add(event.index)
-                        # Taken by the response: counted as delivered (the journal reads it).
-                        # An upstream chunk whose count is unknown is one token (vLLM's own).
-                        progress.delivered(
-                            event.token_count or int(bool(event.text or event.tool_calls)),
-                            run.prompt_tokens,
-                            run.cached_tokens,
-                        )
-                    elif isinstance(event, ChoiceFinished):
-                        yield responses.finish_chunk(shape, event)
-                    elif isinstance(event, PromptInfo | UsageReport):
-                        continue
+
+                def delivered(event: TextDelta) -> None:
+                    # Taken by the response: counted as delivered (the journal reads it).
+                    # An upstream chunk whose count is unknown is one token (vLLM's own).
+                    progress.delivered(
+                        event.token_count or int(bool(event.text or event.tool_calls)),
+                        run.prompt_tokens,
+                        run.cached_tokens,
+                    )
+
+                async with aclosing(_event_chunks(shape, first, events, delivered)) as stream:
+                    async for chunk in stream:
+                        yield chunk
                 if body.include_usage() or body.perf_metrics_in_response:
                     yield responses.usage_chunk(
                         shape,
@@ -314,6 +307,13 @@ class InferenceService:
             except GeneratorExit:
                 outcome = "cancelled"
                 raise
+            except Exception as exc:
+                # The engine failed mid-answer (the headers are sent): end the stream
+                # with an error event, not a cut, and bill what was produced.
+                outcome = "failed"
+                if not isinstance(exc, FireboxError):
+                    log.exception("request %s failed mid-stream", shape.request_id)
+                yield responses.error_chunk(exc)
             except BaseException:
                 outcome = "cancelled" if run.produced_output() else "failed"
                 raise
@@ -338,6 +338,34 @@ def _capped(requests: list[GenerationRequest], cap: int | None) -> list[Generati
         else request
         for request in requests
     ]
+
+
+async def _event_chunks(
+    shape: responses.Shape,
+    first: GenerationEvent | None,
+    events: AsyncIterator[GenerationEvent],
+    delivered: Callable[[TextDelta], None],
+) -> AsyncGenerator[dict[str, Any]]:
+    """The SSE chunks of the engine's events, ``first`` (already read) included.
+
+    ``delivered`` runs once the response has taken a delta's chunk.
+    """
+    pending = [first] if first is not None else []
+    sent_role: set[int] = set()
+    while True:
+        if pending:
+            event = pending.pop()
+        else:
+            try:
+                event = await events.__anext__()
+            except StopAsyncIteration:
+                break
+        if isinstance(event, TextDelta):
+            yield responses.delta_chunk(shape, event, event.index not in sent_role)
+            sent_role.add(event.index)
+            delivered(event)
+        elif isinstance(event, ChoiceFinished):
+            yield responses.finish_chunk(shape, event)
 
 
 class _Meter:

@@ -110,6 +110,20 @@ class LoraSlots:
         return None
 
     def _load(self, spec: AdapterSpec, slot: int) -> None:
+        try:
+            self._write(spec, slot)
+        except BaseException:
+            # A half-written slot must not leak into the next add-on loaded there
+            # (it copies only its own rows), nor stay pinned: the slot stays free.
+            for stack in self._stacks.values():
+                stack.a[slot].zero_()
+                stack.bt[slot].zero_()
+            raise
+        self._slot_of[spec.key] = slot
+        self._spec_in[slot] = spec
+        self.loads += 1
+
+    def _write(self, spec: AdapterSpec, slot: int) -> None:
         weights = load_adapter_weights(spec, self._config)
         rank = max(w.a.shape[0] for w in weights)
         if rank > self._rank:
@@ -126,9 +140,6 @@ class LoraSlots:
             rows = slice(member * r_max, member * r_max + r)
             stack.a[slot, rows].copy_(w.a)
             stack.bt[slot, rows, out_start : out_start + w.b.shape[0]].copy_(w.b.T)
-        self._slot_of[spec.key] = slot
-        self._spec_in[slot] = spec
-        self.loads += 1
 
     def _out_offset(self, group: str, member: int) -> int:
         return sum(self._config.module_shape(m)[1] for m in LORA_GROUPS[group][:member])

@@ -24,13 +24,20 @@ request's ``outbox``; the scheduler delivers them after the step.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 
 import torch
 
 from firebox.errors import FailedPrecondition, FireboxError
-from firebox.inference.engine import ChoiceFinished, GenerationEvent, PromptInfo, UsageReport
+from firebox.inference.engine import (
+    ChoiceFinished,
+    GenerationEvent,
+    GenerationFailed,
+    PromptInfo,
+    UsageReport,
+)
 from firebox.inference.local.choice_output import TokenTexts, echo_delta
 from firebox.inference.local.kv_cache import BlockPool, KVCache
 from firebox.inference.local.lora_slots import LoraSlots
@@ -39,6 +46,8 @@ from firebox.inference.local.sequence import RequestGroup, Sequence
 from firebox.inference.local.stats import EngineStats
 from firebox.inference.local.step_batch import ScheduledChunk, build_step_batch
 from firebox.inference.local.text_model import TextModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,42 +264,85 @@ class RunningBatch:
     def _absorb(
         self, plan: list[tuple[Sequence, int]], prompt_rows: list[int], logits: torch.Tensor
     ) -> None:
+        """Take in one step's logits: prompt logprobs, then one sample per finished sequence.
+
+        Whatever one sequence's share of this raises (its logprobs, its
+        sampling, its detokenization) ends that sequence's request with a
+        ``GenerationFailed``; every other sequence is processed as if it were
+        not there. Only the forward pass itself is shared by all.
+        """
         row = 0
         to_sample: list[tuple[Sequence, int]] = []
         for (seq, length), lp_count in zip(plan, prompt_rows, strict=True):
-            group = seq.group
-            if lp_count:
-                start = len(group.prompt_logprobs)
-                targets = group.prompt_ids[start + 1 : start + 1 + lp_count]
-                top = [group.params.top_logprobs] * lp_count
-                group.prompt_logprobs.extend(
-                    token_logprobs(logits[row : row + lp_count], targets, top)
-                )
-                row += lp_count
-            seq.num_computed += length
-            full = min(seq.num_computed, group.prompt_len) // self._block
-            for b in range(seq.registered, full):
-                self._pool.register(seq.blocks[b], group.prompt_hashes[b])
-            seq.registered = max(seq.registered, full)
-            if seq.num_computed == len(seq.tokens):
-                to_sample.extend((s, row) for s in self._fork(seq))
-                row += 1
-        live = [(s, r) for s, r in to_sample if not s.finished]
+            first = row
+            row += lp_count + (1 if seq.num_computed + length == len(seq.tokens) else 0)
+            if seq.group.done:
+                continue
+            try:
+                to_sample.extend(self._advance(seq, length, lp_count, logits, first))
+            except Exception as exc:
+                self._fault(seq, exc)
+        live = [(s, r) for s, r in to_sample if not s.finished and not s.group.done]
         if not live:
             return
         rows = logits[torch.tensor([r for _, r in live], device=logits.device)]
         tokens = sample(rows, [s.sampler for s, _ in live])
-        wanted = [i for i, (s, _) in enumerate(live) if s.group.params.logprobs]
+        wanted = {
+            i: token
+            for i, ((s, _), token) in enumerate(zip(live, tokens, strict=True))
+            if s.group.params.logprobs and isinstance(token, int)
+        }
         lps: dict[int, TokenLogprob] = {}
         if wanted:
             found = token_logprobs(
-                rows[wanted],
-                [tokens[i] for i in wanted],
+                rows[list(wanted)],
+                list(wanted.values()),
                 [live[i][0].group.params.top_logprobs for i in wanted],
             )
             lps = dict(zip(wanted, found, strict=True))
         for i, ((seq, _), token) in enumerate(zip(live, tokens, strict=True)):
-            self._append(seq, token, lps.get(i))
+            if seq.group.done:
+                continue  # a sibling's fault already ended this request
+            try:
+                if isinstance(token, Exception):
+                    raise token
+                self._append(seq, token, lps.get(i))
+            except Exception as exc:
+                self._fault(seq, exc)
+
+    def _advance(
+        self, seq: Sequence, length: int, lp_count: int, logits: torch.Tensor, row: int
+    ) -> list[tuple[Sequence, int]]:
+        """Book ``seq``'s computed chunk; who samples from its logits row (if any)."""
+        group = seq.group
+        if lp_count:
+            start = len(group.prompt_logprobs)
+            targets = group.prompt_ids[start + 1 : start + 1 + lp_count]
+            top = [group.params.top_logprobs] * lp_count
+            group.prompt_logprobs.extend(token_logprobs(logits[row : row + lp_count], targets, top))
+            row += lp_count
+        seq.num_computed += length
+        full = min(seq.num_computed, group.prompt_len) // self._block
+        for b in range(seq.registered, full):
+            self._pool.register(seq.blocks[b], group.prompt_hashes[b])
+        seq.registered = max(seq.registered, full)
+        if seq.num_computed == len(seq.tokens):
+            return [(s, row) for s in self._fork(seq)]
+        return []
+
+    def _fault(self, seq: Sequence, exc: Exception) -> None:
+        """``seq`` could not go on: end its request (and only it), keeping what it produced."""
+        group = seq.group
+        log.warning(
+            "request %s choice %d failed in the local engine: %r", group.request_id, seq.index, exc
+        )
+        self.fail(
+            group,
+            GenerationFailed(
+                f"The local engine could not continue this request ({exc}). Other requests "
+                "were not affected; retry, or change the sampling parameters."
+            ),
+        )
 
     def _fork(self, seq: Sequence) -> list[Sequence]:
         """Who samples from ``seq``'s new logits: itself, plus its siblings the first time."""
@@ -353,6 +405,12 @@ class RunningBatch:
             self._close(group)
 
     def fail(self, group: RequestGroup, error: FireboxError) -> None:
+        """End ``group`` with ``error``, after a usage report of what it produced (for billing)."""
+        if group.done:
+            return
+        if group.admitted:
+            completion = sum(max(s.output_len, 0) for s in group.sequences)
+            self._emit(group, UsageReport(group.prompt_len, completion, group.cached_tokens))
         self._emit(group, error)
         self.drop(group)
 

@@ -10,6 +10,13 @@ same seed gives the same choice whatever else shares the batch.
 
 Logprobs are those of the model's raw distribution (before penalties and
 temperature), as vLLM reports them by default.
+
+One row's fault is that row's alone: ``sample`` returns the exception in
+place of a token for a row it could not sample (non-finite weights, an
+empty distribution), and the batch fails only that row's request. Nothing
+here may raise for one row and so take the whole step (every tenant's
+requests) down with it; and a distribution is checked before
+``torch.multinomial``, which on CUDA would trip a device-side assert.
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ class TokenLogprob:
     top: tuple[tuple[int, float], ...]
 
 
+class UnsampleableRow(ValueError):
+    """A row's sampling distribution has no finite, positive mass to draw from."""
+
+
 def _penalize(logits: torch.Tensor, row: RowSampler) -> torch.Tensor:
     p = row.params
     if p.repetition_penalty != 1.0:
@@ -68,7 +79,10 @@ def _penalize(logits: torch.Tensor, row: RowSampler) -> torch.Tensor:
         out = torch.tensor(row.output_ids, dtype=torch.long, device=logits.device)
         counts = torch.bincount(out, minlength=logits.shape[0]).to(logits.dtype)
         logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
-    return logits
+    # A penalty near 0 divides a positive logit past the float range: +inf would
+    # make the softmax NaN. The largest finite value keeps the intended order.
+    limit = torch.finfo(logits.dtype).max
+    return logits.clamp_(-limit, limit)
 
 
 def _warp(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
@@ -91,21 +105,43 @@ def _warp(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return logits
 
 
-def sample(logits: torch.Tensor, rows: list[RowSampler]) -> list[int]:
-    """The next token of each row of ``logits`` [rows, vocab] (float32)."""
+def sample(logits: torch.Tensor, rows: list[RowSampler]) -> list[int | Exception]:
+    """The next token of each row of ``logits`` [rows, vocab] (float32), or why there is none.
+
+    A row that cannot be sampled gets its exception instead of a token; the
+    other rows are sampled exactly as if it were not there.
+    """
     if all(r.greedy and not r.penalized for r in rows):
         return [int(t) for t in logits.argmax(-1).tolist()]
-    chosen = []
+    chosen: list[int | Exception] = []
     for i, row in enumerate(rows):
-        x = logits[i]
-        if row.penalized:
-            x = _penalize(x.clone(), row)
-        if row.greedy:
-            chosen.append(int(x.argmax()))
-            continue
-        probs = _warp(x, row.params).softmax(-1)
-        chosen.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+        try:
+            chosen.append(_sample_row(logits[i], row))
+        except Exception as exc:  # this row's fault: its request ends, the batch goes on
+            chosen.append(exc)
     return chosen
+
+
+def _sample_row(x: torch.Tensor, row: RowSampler) -> int:
+    if row.penalized:
+        x = _penalize(x.clone(), row)
+    if row.greedy:
+        return int(x.argmax())
+    probs = _warp(x, row.params).softmax(-1)
+    # NaN, inf or no mass cannot be drawn from, and on CUDA multinomial would trip a
+    # device-side assert that breaks the whole process: draw from a harmless stand-in
+    # instead, and read the verdict with the token in the one host sync int() costs.
+    usable = torch.isfinite(probs).all() & (probs.sum() > 0)
+    safe = torch.where(usable, probs, torch.ones_like(probs))
+    drawn = torch.multinomial(safe, 1, generator=row.generator)
+    token, ok = torch.cat([drawn, usable.reshape(1).long()]).tolist()
+    if not ok:
+        raise UnsampleableRow(
+            "the next-token distribution is not finite (sampling parameters "
+            f"temperature={row.params.temperature!r}, top_p={row.params.top_p!r}, "
+            f"min_p={row.params.min_p!r}, repetition_penalty={row.params.repetition_penalty!r})"
+        )
+    return int(token)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: list[int], top: list[int]) -> list[TokenLogprob]:

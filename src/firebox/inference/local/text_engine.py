@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import os
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -157,7 +158,9 @@ class LocalTextEngine:
         eos_ids: frozenset[int],
     ) -> None:
         """Use ``LocalTextEngine.load``; this wires already built parts."""
-        self.capabilities = LOCAL_TEXT_CAPABILITIES
+        self.capabilities = dataclasses.replace(
+            LOCAL_TEXT_CAPABILITIES, vocab_size=config.vocab_size
+        )
         self.config = config
         self.device = device
         self.dtype = dtype
