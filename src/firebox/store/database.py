@@ -8,7 +8,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
+
+from firebox.errors import InvalidArgument
 
 
 def normalize_url(url: str) -> str:
@@ -53,9 +56,23 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session inside one transaction: committed on success, rolled back on error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        """A session inside one transaction: committed on success, rolled back on error.
+
+        A value the driver refuses (``DataError``: a NUL in PostgreSQL text, a
+        number out of range) is the request's fault, so it becomes a 400 here,
+        for every query, rather than a 500 from whichever one met it first.
+        """
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except DataError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+            raise InvalidArgument(
+                "A value in the request cannot be stored"
+                + (f" ({reason})" if reason else "")
+                + "; check the characters, lengths and numbers you sent.",
+                code="invalid_value",
+            ) from exc
 
     def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""
