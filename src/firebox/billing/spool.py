@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 
 from firebox.inference.metering import UsageRecord
+from firebox.private_files import private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class Spool:
         self.directory = directory
         self.segment_records = segment_records
         self.fsync = fsync
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)  # usage records name accounts and models: 0700, files 0600
         self._prefix = f"usage-{os.getpid()}-{secrets.token_hex(4)}"
         self._seq = 0
         self._lock = threading.Lock()
