@@ -8,14 +8,18 @@ import sys
 
 import uvicorn
 
+from firebox import key_strength
 from firebox.accounts.bootstrap import BootstrapResult, run_bootstrap
 from firebox.accounts.credentials import save_credentials
 from firebox.app import create_app
 from firebox.catalog.preload import preload
 from firebox.http.connection_guard import ConnectionGuard
+from firebox.private_files import tighten_tree
 from firebox.services import Services, build_services
 from firebox.settings import Settings
 from firebox.store import migrate
+
+log = logging.getLogger("firebox.server")
 
 
 def initialize(services: Services) -> BootstrapResult:
@@ -40,8 +44,14 @@ def initialize(services: Services) -> BootstrapResult:
 
 
 def prepare(settings: Settings) -> tuple[Services, BootstrapResult]:
-    """Create the data dir, migrate, initialize, and save the first-start keys."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    """Create the data dir (0700, files 0600), migrate, initialize, save the first-start keys."""
+    tighten_tree(settings.data_dir)
+    if settings.admin_key and key_strength.weakness(settings.admin_key):
+        log.warning(
+            "FIREBOX_ALLOW_WEAK_ADMIN_KEY: accepting a weak operator key on %s (loopback only); "
+            "never use it on a reachable host",
+            settings.host,
+        )
     services = build_services(settings)
     migrate.upgrade(services.db)
     result = initialize(services)

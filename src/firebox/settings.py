@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from firebox import key_strength
 
 
 class Settings(BaseSettings):
@@ -35,8 +37,15 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL for shared counters; unset means in-process."
     )
+    allow_weak_admin_key: bool = Field(
+        default=False,
+        description="Development only: accept a FIREBOX_ADMIN_KEY shorter than 32 characters "
+        "or under 128 estimated bits, and only while FIREBOX_HOST is a loopback address.",
+    )
     admin_key: str | None = Field(
-        default=None, description="Operator key to register at start; generated when unset."
+        default=None,
+        description="Operator key to register at start; generated when unset. At least 32 "
+        "characters and 128 bits of estimated entropy (firebox/key_strength.py).",
     )
     bootstrap_demo: bool = Field(
         default=True, description="Create the `demo` account, user and key on first start."
@@ -176,6 +185,8 @@ class Settings(BaseSettings):
         if self.environment == "production":
             if self.test_clock:
                 raise ValueError("FIREBOX_TEST_CLOCK cannot be enabled in production")
+            if self.allow_weak_admin_key:
+                raise ValueError("FIREBOX_ALLOW_WEAK_ADMIN_KEY cannot be enabled in production")
             if self.payment_provider == "test":
                 raise ValueError(
                     "production needs a real payment provider: set FIREBOX_PAYMENT_PROVIDER="
@@ -188,6 +199,21 @@ class Settings(BaseSettings):
     def resolved_spool_dir(self) -> Path:
         """Where this replica writes usage ahead of the ledger."""
         return self.spool_dir or (self.data_dir / "spool")
+
+    @field_validator("admin_key")
+    @classmethod
+    def _strong_admin_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value:
+            return None  # FIREBOX_ADMIN_KEY= (empty) means unset: Firebox generates one
+        problem = key_strength.weakness(value)
+        if problem is None:
+            return value
+        allowed = info.data.get("allow_weak_admin_key", False)
+        if allowed and key_strength.is_loopback(str(info.data.get("host", ""))):
+            return value
+        if allowed:
+            problem += " (FIREBOX_ALLOW_WEAK_ADMIN_KEY is set, but the host is not loopback)"
+        raise ValueError(problem)
 
     @field_validator("data_dir")
     @classmethod

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from firebox.private_files import private_dir
+
 DEMO_ACCOUNT = "demo"
 
 
@@ -37,8 +39,9 @@ def save_credentials(data_dir: Path, result: CreatedKeys) -> Path:
         saved["demoKey"] = result.demo_key
         saved["demoAccount"] = DEMO_ACCOUNT
     if result.operator_key or result.demo_key:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # the mode above applies only when the file is new
         with os.fdopen(fd, "w") as handle:
             json.dump(saved, handle, indent=2)
     return path

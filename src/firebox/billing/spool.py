@@ -49,6 +49,7 @@ from typing import Any
 import orjson
 
 from firebox.inference.metering import UsageRecord
+from firebox.private_files import private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class Spool:
         self.segment_records = segment_records
         self.fsync = fsync
         self.suffix = suffix  # what claim_orphans looks for: one file kind per suffix
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)  # usage records name accounts and models: 0700, files 0600
         self._prefix = f"{name}-{os.getpid()}-{secrets.token_hex(4)}"
         self._seq = 0
         self._lock = threading.Lock()

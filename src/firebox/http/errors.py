@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from firebox import text
 from firebox.errors import FireboxError
 from firebox.http.responses import JSONResponse
 
@@ -81,6 +82,11 @@ def describe_invalid(
         )
     if kind == "missing":
         return f"Missing required {noun} {param!r}.", f"missing_{noun}", param
+    if kind == text.CODE:
+        # The rule finds the bad string inside a field's raw value (ctx "at").
+        inner = str(first.get("ctx", {}).get("at", ""))
+        param = ".".join(part for part in (param, inner) if part) or None
+        return f"Invalid value for {param!r}: {first.get('msg', '')}.", text.CODE, param
     where = f"Invalid value for {param!r}: " if param else "Invalid request: "
     return where + str(first.get("msg", "")), "invalid_argument", param
 

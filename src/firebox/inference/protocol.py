@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from firebox import text
 from firebox.errors import InvalidArgument
 
 # Parameters that the Fireworks or OpenAI APIs define but Firebox does not implement.
@@ -82,6 +83,22 @@ MAX_TOKEN_ID = 2**31 - 1  # token ids are int32 in every tokenizer; the vocabula
 PASSTHROUGH = frozenset({"tools", "tool_choice", "logit_bias", "parallel_tool_calls"})
 
 
+def refuse_nul(data: Any) -> Any:
+    """Refuse a NUL anywhere in an inference body, naming the parameter.
+
+    Only NUL: the store cannot keep it (PostgreSQL refuses it in text), and no
+    tokenizer needs it; every other character of a prompt is the model's business.
+    """
+    where = text.first_nul(data)
+    if where is not None:
+        raise InvalidArgument(
+            f"Parameter {where!r} contains a NUL character (U+0000); remove it.",
+            code=text.CODE,
+            param=where,
+        )
+    return data
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
@@ -123,6 +140,11 @@ class _GenerationBody(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     logit_bias: dict[str, float] | None = None
     parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return refuse_nul(data)
 
     @field_validator("stop")
     @classmethod
@@ -295,6 +317,11 @@ class EmbeddingCreate(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return refuse_nul(data)
 
     def inputs(self) -> list[str] | list[list[int]]:
         value = self.input

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
+
+from firebox.errors import InvalidArgument
+from firebox.private_files import private_file
 
 
 def normalize_url(url: str) -> str:
@@ -22,6 +27,26 @@ def normalize_url(url: str) -> str:
     if parsed.drivername in ("postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would make it 0644).
+
+    SQLite gives the ``-wal`` and ``-shm`` files the database file's mode; ones
+    an older version left readable are tightened here too.
+    """
+    parsed = make_url(url)
+    name = parsed.database
+    if not name or name == ":memory:" or name.startswith("file:") or parsed.query.get("uri"):
+        return
+    path = Path(name)
+    if not path.parent.is_dir():
+        return  # SQLite reports the missing folder itself
+    private_file(path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        sidecar = path.with_name(path.name + suffix)
+        if sidecar.exists():
+            private_file(sidecar)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -42,6 +67,7 @@ class Database:
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
+            _private_sqlite_file(self.url)
             args.setdefault("check_same_thread", False)
             args.setdefault("timeout", 10)
         else:
@@ -53,9 +79,23 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session inside one transaction: committed on success, rolled back on error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        """A session inside one transaction: committed on success, rolled back on error.
+
+        A value the driver refuses (``DataError``: a NUL in PostgreSQL text, a
+        number out of range) is the request's fault, so it becomes a 400 here,
+        for every query, rather than a 500 from whichever one met it first.
+        """
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except DataError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+            raise InvalidArgument(
+                "A value in the request cannot be stored"
+                + (f" ({reason})" if reason else "")
+                + "; check the characters, lengths and numbers you sent.",
+                code="invalid_value",
+            ) from exc
 
     def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""

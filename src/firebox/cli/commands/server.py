@@ -41,7 +41,8 @@ def build_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise UsageError(f"Invalid setting {where}: {first['msg']}.") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise UsageError(f"Invalid setting {where}: {message}.") from None
 
 
 def serve(
@@ -90,7 +91,9 @@ def db_upgrade(
 
     settings = build_settings(database_url=database_url, data_dir=data_dir)
     if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        from firebox.private_files import private_dir
+
+        private_dir(settings.data_dir)
     db = Database(settings.resolved_database_url())
     shown = make_url(db.url).render_as_string(hide_password=True)
     try:
