@@ -9,6 +9,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from firebox.errors import Aborted
 
 
 def normalize_url(url: str) -> str:
@@ -53,9 +56,21 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session inside one transaction: committed on success, rolled back on error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        """A session inside one transaction: committed on success, rolled back on error.
+
+        A write that finds its row changed or gone under it (another request
+        deleted it first: ``StaleDataError``) is a 409 the caller can retry,
+        never a 500. Services avoid it by locking what they change
+        (``firebox.store.locking``); this is the net under every route.
+        """
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except StaleDataError:
+            raise Aborted(
+                "Another request changed or deleted this resource at the same time; "
+                "read it again and retry.",
+            ) from None
 
     def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""
