@@ -202,6 +202,8 @@ class DeployedModelService:
             row = deployed_repo.of_model(session, PLATFORM_ACCOUNT, addon.pk)
             now = self._clock.now()
             if deployed and row is None:
+                if self.quotas is not None:  # held units equal usage, whoever loads it
+                    self.quotas.claim(session, PLATFORM_ACCOUNT, DEPLOYED_MODELS_QUOTA)
                 new = self._new_row(session, PLATFORM_ACCOUNT, addon, DeployedModelSpec())
                 new.state = DeployedState.DEPLOYED.value
                 session.add(new)
@@ -209,7 +211,9 @@ class DeployedModelService:
                 row.state = DeployedState.DEPLOYED.value
                 row.update_time = now
             elif not deployed and row is not None:
-                session.delete(row)
+                removed = deployed_repo.remove(session, row.pk)
+                if removed and self.quotas is not None:
+                    self.quotas.release(session, PLATFORM_ACCOUNT, DEPLOYED_MODELS_QUOTA)
             else:
                 return False
         self._rebuild_index()
