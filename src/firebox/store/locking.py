@@ -5,7 +5,7 @@ the deployed model, then delete it and release its quota) must hold a lock
 from the read to the commit, or two concurrent requests both pass the check
 (docs/invariants.md). The two stores lock differently:
 
-* PostgreSQL locks rows: ``SELECT … FOR UPDATE`` makes a second transaction
+* PostgreSQL locks rows: ``SELECT … FOR NO KEY UPDATE`` makes a second transaction
   wait at the same statement, and then read what the first one committed
   (a deleted row is simply gone).
 * SQLite has one writer for the whole file, and pysqlite opens a transaction
@@ -42,7 +42,9 @@ def lock_rows(session: Session, entity: type[Base], *criteria: ColumnElement[boo
     if session.get_bind().dialect.name == "sqlite":
         session.execute(update(table).where(*criteria).values({key.name: key}))
     else:
-        session.execute(select(key).where(*criteria).with_for_update())
+        # NO KEY UPDATE: lockers queue on each other, while inserts of rows that
+        # merely reference these (they take KEY SHARE) go on unblocked.
+        session.execute(select(key).where(*criteria).with_for_update(key_share=True))
 
 
 def insert_missing(session: Session, entity: type[Base], values: dict[str, Any]) -> None:
