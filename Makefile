@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= dev,engine
 
-.PHONY: install run test test-fast lint format bench clean demo-models
+.PHONY: install run test test-fast fuzz lint format bench clean demo-models
 
 # Creates the venv if needed and installs Firebox (editable) with its extras;
 # re-runs only when pyproject.toml changes.
@@ -28,6 +28,12 @@ test: install
 # The suite without the slow end-to-end tests (they still run in `make test` and CI).
 test-fast: install
 	$(BIN)/pytest -m "not slow"
+
+# The schemathesis run of `make test` (tests/e2e/test_fuzz.py), longer: 200 examples per
+# operation and phase instead of 5. FIREBOX_TEST_DATABASE_URL / FIREBOX_TEST_REDIS_URL add PostgreSQL.
+FUZZ_EXAMPLES ?= 200
+fuzz: install
+	FIREBOX_TEST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/e2e/test_fuzz.py --timeout 3600
 
 lint: install
 	$(BIN)/ruff check .

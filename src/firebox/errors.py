@@ -94,6 +94,15 @@ class AlreadyExists(FireboxError):
     default_code = "already_exists"
 
 
+class Aborted(FireboxError):
+    """A concurrent request changed or deleted the resource first; read it again and retry."""
+
+    http_status = 409
+    status = "ABORTED"
+    error_type = "conflict_error"
+    default_code = "concurrent_modification"
+
+
 class PayloadTooLarge(FireboxError):
     """The request body is larger than the configured cap."""
 

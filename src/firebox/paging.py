@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 from firebox.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+MAX_ROW_ID = 2**63 - 1  # a 64-bit key column: the largest id a token may carry
+
+_ROW_ID = re.compile(r"[1-9][0-9]{0,18}")
 
 
 def page_size(requested: int | None) -> int:
@@ -36,12 +40,31 @@ def decode_token(token: str | None) -> str | None:
         padded = token + "=" * (-len(token) % 4)
         return base64.b64decode(padded.encode(), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument(
-            "pageToken is not a token this server issued; pass the nextPageToken of the "
-            "previous page, or omit it for the first page.",
-            code="invalid_page_token",
-            param="pageToken",
-        ) from None
+        raise _invalid_token() from None
+
+
+def decode_row_id_token(token: str | None) -> int | None:
+    """The numeric row id to continue from, or None for the first page.
+
+    Validated fully, as the keyset query will bind it to a 64-bit column: a
+    canonical decimal from 1 to ``MAX_ROW_ID``, else the same 400 as any bad
+    token (never an overflow in the database driver).
+    """
+    decoded = decode_token(token)
+    if decoded is None:
+        return None
+    if not _ROW_ID.fullmatch(decoded) or int(decoded) > MAX_ROW_ID:
+        raise _invalid_token()
+    return int(decoded)
+
+
+def _invalid_token() -> InvalidArgument:
+    return InvalidArgument(
+        "pageToken is not a token this server issued; pass the nextPageToken of the "
+        "previous page, or omit it for the first page.",
+        code="invalid_page_token",
+        param="pageToken",
+    )
 
 
 def next_token(ids: list[str], size: int) -> str:

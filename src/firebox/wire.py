@@ -1,14 +1,42 @@
-"""Base classes for wire models: camelCase JSON, strict about unknown fields."""
+"""Base classes for wire models: camelCase JSON, strict about unknown fields.
+
+Also the one bound on times we accept (``Timestamp``, ``check_time``): years
+1970 to 9998. Python's datetime ends at 9999-12-31 and starts at 0001-01-01,
+so a time at either end with a UTC offset overflows when it is converted to
+UTC (a 500); a bounded time never does, whatever arithmetic follows.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from firebox import text
+
+MIN_YEAR = 1970
+MAX_YEAR = 9998
+
+
+def time_out_of_range(value: datetime) -> str | None:
+    """Why ``value`` is refused, or ``None`` if it is within the accepted years."""
+    if MIN_YEAR <= value.year <= MAX_YEAR:
+        return None
+    return f"times must lie in the years {MIN_YEAR} to {MAX_YEAR}"
+
+
+def _bounded(value: datetime) -> datetime:
+    reason = time_out_of_range(value)
+    if reason is not None:
+        raise ValueError(reason)
+    return value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_bounded)]
+"""A datetime field of a request body: a 400 naming the field outside the accepted years."""
 
 
 class WireModel(BaseModel):

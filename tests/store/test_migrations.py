@@ -32,3 +32,43 @@ def test_upgrade_is_idempotent(database: Database) -> None:
     migrate.upgrade(database)
     migrate.upgrade(database)
     assert migrate.current_revision(database) == migrate.head_revision(database)
+
+
+def test_0005_recounts_the_deployed_models_quota(database: Database) -> None:
+    """Add-ons loaded before 0005 by catalog files held no quota unit; 0005 counts them."""
+    from datetime import UTC, datetime
+
+    from firebox.accounts.models import AccountRow
+    from firebox.catalog.deployed_models import DeployedModelRow
+    from firebox.catalog.models import ModelRow
+    from firebox.limits.models import QuotaRow
+
+    migrate.downgrade(database, "0004")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    with database.transaction() as session:
+        session.add(AccountRow(id="acme", plan="BUSINESS", create_time=now, update_time=now))
+        session.flush()
+        for name in ("a", "b"):
+            model = ModelRow(
+                account_id="acme",
+                model_id=name,
+                kind="HF_PEFT_ADDON",
+                create_time=now,
+                update_time=now,
+            )
+            session.add(model)
+            session.flush()
+            session.add(
+                DeployedModelRow(
+                    account_id="acme",
+                    deployed_model_id=name,
+                    model_pk=model.pk,
+                    state="DEPLOYED",
+                    create_time=now,
+                    update_time=now,
+                )
+            )
+    migrate.upgrade(database)
+    with database.transaction() as session:
+        quota = session.get(QuotaRow, ("acme", "deployed-models"))
+        assert quota is not None and quota.usage == 2

@@ -8,10 +8,23 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from firebox.accounts.models import AccountRow, ApiKeyRow, UserRow
+from firebox.store.locking import lock_rows
 
 
 def get_account(session: Session, account_id: str) -> AccountRow | None:
     return session.get(AccountRow, account_id)
+
+
+def account_for_update(session: Session, account_id: str) -> AccountRow | None:
+    """The account, locked until the transaction ends; ``None`` if there is none.
+
+    Every change that must keep a rule over the account's users (the plan's
+    user limit, at least one admin) takes this lock before counting them, so
+    concurrent changes of one account's membership, roles or plan run one at
+    a time and each sees the others' result.
+    """
+    lock_rows(session, AccountRow, AccountRow.id == account_id)
+    return session.get(AccountRow, account_id, populate_existing=True)
 
 
 def list_accounts(session: Session, *, after: str | None, limit: int) -> Sequence[AccountRow]:

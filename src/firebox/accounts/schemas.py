@@ -9,7 +9,7 @@ from pydantic import EmailStr, Field
 
 from firebox.accounts.models import AccountRow, ApiKeyRow, UserRow
 from firebox.accounts.roles import Plan, Role
-from firebox.wire import RequestModel, WireModel
+from firebox.wire import RequestModel, Timestamp, WireModel
 
 SuspendState = Literal[
     "UNSUSPENDED",
@@ -114,7 +114,7 @@ class UserList(WireModel):
 
 class ApiKeySpec(RequestModel):
     display_name: str = Field(default="default", min_length=1, max_length=63)
-    expire_time: datetime | None = None
+    expire_time: Timestamp | None = None
 
 
 class ApiKeyCreate(RequestModel):

@@ -131,7 +131,7 @@ class AccountService:
                 param="rateLimitRequestsPerMinute",
             )
         with self._db.transaction() as session:
-            row = repo.get_account(session, account_id)
+            row = repo.account_for_update(session, account_id)
             if row is None:
                 raise account_not_found(account_id)
             if body.plan is Plan.DEVELOPER and repo.count_users(session, account_id) > 1:
@@ -181,7 +181,7 @@ class UserService:
         now = self._clock.now()
         try:
             with self._db.transaction() as session:
-                account = repo.get_account(session, account_id)
+                account = repo.account_for_update(session, account_id)
                 if account is None:
                     raise account_not_found(account_id)
                 if repo.get_user(session, account_id, user_id) is not None:
@@ -241,6 +241,8 @@ class UserService:
         principal.require(account_id, Permission.USERS_WRITE)
         revoked: list[str] = []
         with self._db.transaction() as session:
+            # The last-admin rule counts the account's admins: hold the account.
+            repo.account_for_update(session, account_id)
             row = repo.get_user(session, account_id, user_id)
             if row is None:
                 raise user_not_found(account_id, user_id)

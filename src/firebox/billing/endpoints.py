@@ -38,6 +38,7 @@ from firebox.errors import InvalidArgument
 from firebox.http.auth import CurrentPrincipal
 from firebox.http.pagination import Listing, ListParams
 from firebox.paging import decode_token, next_token, page_size
+from firebox.wire import time_out_of_range
 
 _DUMP: dict[str, Any] = {"response_model_by_alias": True}
 _T = TypeVar("_T")
@@ -67,6 +68,11 @@ def parse_time(value: str | None, param: str) -> datetime | None:
             "2026-01-01T00:00:00Z.",
             code="invalid_time",
             param=param,
+        )
+    reason = time_out_of_range(parsed)
+    if reason is not None:
+        raise InvalidArgument(
+            f"Invalid {param} {value!r}: {reason}.", code="invalid_time", param=param
         )
     return parsed
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import and_, case, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from firebox.accounts.models import AccountRow
 from firebox.billing.models import (
     BillingAccountRow,
     InvoiceLineRow,
@@ -41,6 +42,10 @@ def begin_write(session: Session) -> None:
     """Take SQLite's write lock now (``BEGIN IMMEDIATE``); nothing on PostgreSQL."""
     if session.get_bind().dialect.name == "sqlite":
         session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def account_exists(session: Session, account_id: str) -> bool:
+    return session.scalar(select(AccountRow.id).where(AccountRow.id == account_id)) is not None
 
 
 def get_invoice(session: Session, account_id: str, invoice_id: str) -> InvoiceRow | None:

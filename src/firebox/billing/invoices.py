@@ -186,6 +186,8 @@ class InvoiceService:
         limit = page_size(page_size_)
         before = decode_token(page_token)
         with self._db.transaction() as session:
+            if not repo.account_exists(session, account_id):
+                raise NotFound(f"Account {account_id!r} was not found.", code="account_not_found")
             rows = list(repo.list_invoices(session, account_id, before=before, limit=limit))
             return InvoicePage(
                 invoices=[Invoice.of(r) for r in rows],

@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 MICROS_PER_CENT = 10_000
+_MAX_WHOLE_DIGITS = 12  # 10**12 USD is 10**18 micro-USD, inside a signed 64-bit column
 _DECIMAL = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 
 
@@ -42,20 +43,32 @@ def parse_usd(text: str, param: str, *, allow_negative: bool = False) -> int:
             code="invalid_amount",
             param=param,
         )
-    micros = Decimal(text.strip()) * MICROS_PER_USD
-    if micros != micros.to_integral_value():
+    # Integer arithmetic, not Decimal: its context keeps 28 digits, which
+    # would round a longer amount (and echo the rounded one back).
+    whole, _, fraction = text.strip().partition(".")
+    negative = whole.startswith("-")
+    if len(whole.lstrip("-").lstrip("0")) > _MAX_WHOLE_DIGITS:
+        raise InvalidArgument(
+            f"Invalid amount {text!r}: at most {_MAX_WHOLE_DIGITS} digits before the point "
+            "(amounts are stored as 64-bit micro-dollars).",
+            code="invalid_amount",
+            param=param,
+        )
+    if len(fraction.rstrip("0")) > 6:
         raise InvalidArgument(
             f"Invalid amount {text!r}: at most 6 decimal places (one micro-dollar).",
             code="invalid_amount",
             param=param,
         )
+    magnitude = int(whole.lstrip("-")) * MICROS_PER_USD + int(fraction[:6].ljust(6, "0"))
+    micros = -magnitude if negative else magnitude
     if micros < 0 and not allow_negative:
         raise InvalidArgument(
             f"Invalid amount {text!r}: the amount must not be negative.",
             code="invalid_amount",
             param=param,
         )
-    return int(micros)
+    return micros
 
 
 def round_half_even_micros(amount: Decimal) -> int:

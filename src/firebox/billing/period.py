@@ -47,6 +47,7 @@ from firebox.billing.pricing import period_of
 from firebox.clock import Clock
 from firebox.errors import FailedPrecondition, InvalidArgument
 from firebox.store.database import Database
+from firebox.wire import MAX_YEAR, MIN_YEAR
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,12 @@ _PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 
 def validate_period(period: str) -> str:
-    if not _PERIOD.fullmatch(period):
+    """``period`` if it is a month YYYY-MM in the accepted years (``firebox.wire``), else 400."""
+    match = _PERIOD.fullmatch(period)
+    if not match or not MIN_YEAR <= int(match.group(1)) <= MAX_YEAR:
         raise InvalidArgument(
-            f"Invalid period {period!r}: give a month as YYYY-MM, e.g. 2026-01.",
+            f"Invalid period {period!r}: give a month as YYYY-MM, e.g. 2026-01, in the "
+            f"years {MIN_YEAR} to {MAX_YEAR}.",
             code="invalid_period",
             param="period",
         )

@@ -25,7 +25,7 @@ from firebox.billing.period import CloseReport as CloseReportData
 from firebox.billing.purchases import CreditPurchase as CreditPurchaseData
 from firebox.billing.usage_report import UsageGroup as UsageGroupData
 from firebox.billing.usage_report import UsageReport as UsageReportData
-from firebox.wire import RequestModel, WireModel
+from firebox.wire import RequestModel, Timestamp, WireModel
 
 
 def usd(micros: int | None) -> str | None:
@@ -187,7 +187,7 @@ class CreditPurchaseRequest(RequestModel):
 class CreditGrantRequest(RequestModel):
     amount: str = Field(description='USD as a decimal string, e.g. "25.00".')
     reason: str = Field(min_length=1, max_length=256)
-    expire_time: datetime | None = None
+    expire_time: Timestamp | None = None
 
 
 class CreditGrant(WireModel):
@@ -365,7 +365,7 @@ class CloseReport(WireModel):
 
 
 class AdvanceClockRequest(RequestModel):
-    to: datetime = Field(description="RFC 3339 time to move the test clock to; never backwards.")
+    to: Timestamp = Field(description="RFC 3339 time to move the test clock to; never backwards.")
 
 
 class AdvanceClockResult(WireModel):

@@ -78,7 +78,7 @@ def readable(session: Session, principal: Principal, account_id: str, model_id: 
 
 
 def writable(session: Session, principal: Principal, account_id: str, model_id: str) -> ModelRow:
-    """The model ``principal`` may change or delete, as far as its account and role go.
+    """The model ``principal`` may change or delete, as far as its account and role go; locked.
 
     Whether its kind is one the principal may change is ``authorize_write``'s question.
     """
@@ -92,7 +92,7 @@ def writable(session: Session, principal: Principal, account_id: str, model_id: 
             )
         raise model_not_found(model_name(account_id, model_id))
     principal.require(account_id, Permission.RESOURCES_WRITE)
-    found = repo.get_model(session, account_id, model_id)
+    found = repo.get_model_for_update(session, account_id, model_id)  # held until commit
     if found is None:
         raise model_not_found(model_name(account_id, model_id))
     return found

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from firebox.catalog.deployed_models import DeployedModelRow, DeployedState, deployed_name
 from firebox.catalog.kinds import model_name
 from firebox.catalog.models import ModelRow
+from firebox.store.locking import lock_rows
 
 
 def get(session: Session, account_id: str, deployed_model_id: str) -> DeployedModelRow | None:
@@ -18,6 +19,31 @@ def get(session: Session, account_id: str, deployed_model_id: str) -> DeployedMo
             DeployedModelRow.account_id == account_id,
             DeployedModelRow.deployed_model_id == deployed_model_id,
         )
+    )
+
+
+def get_for_update(
+    session: Session, account_id: str, deployed_model_id: str
+) -> DeployedModelRow | None:
+    """The deployed model, locked until the transaction ends; ``None`` if (now) gone.
+
+    A request that changes or unloads it waits here for one doing the same,
+    then reads what that one committed: a deleted row is a 404, not a
+    stale write.
+    """
+    lock_rows(
+        session,
+        DeployedModelRow,
+        DeployedModelRow.account_id == account_id,
+        DeployedModelRow.deployed_model_id == deployed_model_id,
+    )
+    return session.scalar(
+        select(DeployedModelRow)
+        .where(
+            DeployedModelRow.account_id == account_id,
+            DeployedModelRow.deployed_model_id == deployed_model_id,
+        )
+        .execution_options(populate_existing=True)
     )
 
 
@@ -85,8 +111,15 @@ def names_of_model(session: Session, model_pk: int) -> list[str]:
     return [deployed_name(a, d) for a, d in session.execute(query).all()]
 
 
-def remove(session: Session, pk: int) -> None:
-    session.execute(delete(DeployedModelRow).where(DeployedModelRow.pk == pk))
+def remove(session: Session, pk: int) -> bool:
+    """Delete the deployed model; True only for the one transaction that removed it.
+
+    Its quota unit is released on that answer (``DeployedModelService._forget``):
+    concurrent deletes of one row wait on each other and all but the first
+    remove nothing, so the unit is given back exactly once.
+    """
+    result = session.execute(delete(DeployedModelRow).where(DeployedModelRow.pk == pk))
+    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 def serving_pairs(session: Session) -> frozenset[tuple[str, str]]:

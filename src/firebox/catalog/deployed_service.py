@@ -124,7 +124,8 @@ class DeployedModelService:
                 with CancelScope(shield=True):
                     await to_thread.run_sync(self._set_state, pk, before)
                 raise
-        await to_thread.run_sync(self._forget, pk)
+        if not await to_thread.run_sync(self._forget, pk):
+            raise _deployed_not_found(account_id, deployed_model_id)  # unloaded meanwhile
 
     # -- read and change -------------------------------------------------------
 
@@ -161,7 +162,7 @@ class DeployedModelService:
         _refuse_deployment(spec.deployment, False)
         fields = spec.model_fields_set
         with self._db.transaction() as session:
-            row = self._found(session, account_id, deployed_model_id)
+            row = self._found(session, account_id, deployed_model_id, lock=True)
             addon = self._addon_row(session, row)
             current = model_name(addon.account_id, addon.model_id)
             if spec.model is not None:
@@ -201,6 +202,8 @@ class DeployedModelService:
             row = deployed_repo.of_model(session, PLATFORM_ACCOUNT, addon.pk)
             now = self._clock.now()
             if deployed and row is None:
+                if self.quotas is not None:  # held units equal usage, whoever loads it
+                    self.quotas.claim(session, PLATFORM_ACCOUNT, DEPLOYED_MODELS_QUOTA)
                 new = self._new_row(session, PLATFORM_ACCOUNT, addon, DeployedModelSpec())
                 new.state = DeployedState.DEPLOYED.value
                 session.add(new)
@@ -208,7 +211,9 @@ class DeployedModelService:
                 row.state = DeployedState.DEPLOYED.value
                 row.update_time = now
             elif not deployed and row is not None:
-                session.delete(row)
+                removed = deployed_repo.remove(session, row.pk)
+                if removed and self.quotas is not None:
+                    self.quotas.release(session, PLATFORM_ACCOUNT, DEPLOYED_MODELS_QUOTA)
             else:
                 return False
         self._rebuild_index()
@@ -262,7 +267,7 @@ class DeployedModelService:
         the engine refuses.
         """
         with self._db.transaction() as session:
-            row = self._found(session, account_id, deployed_model_id)
+            row = self._found(session, account_id, deployed_model_id, lock=True)
             addon = self._addon_row(session, row)
             before = DeployedState(row.state)
             if before is DeployedState.UNDEPLOYING:
@@ -286,13 +291,21 @@ class DeployedModelService:
         self._rebuild_index()
         return view
 
-    def _forget(self, pk: int) -> None:
+    def _forget(self, pk: int) -> bool:
+        """Delete the deployed model and release its quota unit; False if already gone.
+
+        The unit is released only by the transaction whose ``DELETE`` removed
+        the row (the quota invariant: usage equals the units held), so
+        concurrent unloads of one deployed model release it once.
+        """
         with self._db.transaction() as session:
             row = deployed_repo.get_by_pk(session, pk)
-            if row is not None and self.quotas is not None:
-                self.quotas.release(session, row.account_id, DEPLOYED_MODELS_QUOTA)
-            deployed_repo.remove(session, pk)
+            account_id = row.account_id if row is not None else None
+            removed = deployed_repo.remove(session, pk)
+            if removed and account_id is not None and self.quotas is not None:
+                self.quotas.release(session, account_id, DEPLOYED_MODELS_QUOTA)
         self._rebuild_index()
+        return removed
 
     # -- helpers ---------------------------------------------------------------
 
@@ -332,14 +345,16 @@ class DeployedModelService:
         )
 
     @staticmethod
-    def _found(session: Session, account_id: str, deployed_model_id: str) -> DeployedModelRow:
-        row = deployed_repo.get(session, account_id, deployed_model_id)
+    def _found(
+        session: Session, account_id: str, deployed_model_id: str, *, lock: bool = False
+    ) -> DeployedModelRow:
+        """The deployed model or a 404; ``lock`` holds it for a change (see ``get_for_update``)."""
+        if lock:
+            row = deployed_repo.get_for_update(session, account_id, deployed_model_id)
+        else:
+            row = deployed_repo.get(session, account_id, deployed_model_id)
         if row is None:
-            raise NotFound(
-                f"Deployed model {deployed_name(account_id, deployed_model_id)!r} was not "
-                f"found. List them with GET /v1/accounts/{account_id}/deployedModels.",
-                code="deployed_model_not_found",
-            )
+            raise _deployed_not_found(account_id, deployed_model_id)
         return row
 
     @staticmethod
@@ -394,6 +409,14 @@ def _refuse_deployment(deployment: str | None, replace_merged_addon: bool) -> No
 def _require_account(session: Session, account_id: str) -> None:
     if accounts_repo.get_account(session, account_id) is None:
         raise NotFound(f"Account {account_id!r} was not found.", code="account_not_found")
+
+
+def _deployed_not_found(account_id: str, deployed_model_id: str) -> NotFound:
+    return NotFound(
+        f"Deployed model {deployed_name(account_id, deployed_model_id)!r} was not "
+        f"found. List them with GET /v1/accounts/{account_id}/deployedModels.",
+        code="deployed_model_not_found",
+    )
 
 
 def _already_loaded(name: str, existing: DeployedModelRow) -> AlreadyExists:

@@ -8,12 +8,24 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from firebox.catalog.models import ModelRow
+from firebox.store.locking import lock_rows
 
 
 def get_model(session: Session, account_id: str, model_id: str) -> ModelRow | None:
     return session.scalar(
         select(ModelRow).where(ModelRow.account_id == account_id, ModelRow.model_id == model_id)
     )
+
+
+def get_model_for_update(session: Session, account_id: str, model_id: str) -> ModelRow | None:
+    """The model, locked until the transaction ends; ``None`` if there is (now) none.
+
+    Changes and deletes of one model queue here; the one that comes second
+    reads what the first committed, so a model deleted meanwhile is a 404.
+    """
+    where = (ModelRow.account_id == account_id, ModelRow.model_id == model_id)
+    lock_rows(session, ModelRow, *where)
+    return session.scalar(select(ModelRow).where(*where).execution_options(populate_existing=True))
 
 
 def get_model_by_pk(session: Session, pk: int) -> ModelRow | None:

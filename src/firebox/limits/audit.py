@@ -16,10 +16,10 @@ from typing import Any
 
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Permission
-from firebox.errors import InvalidArgument, NotFound
+from firebox.errors import NotFound
 from firebox.limits import suspension_repository as repo
 from firebox.limits.models import AuditLogRow
-from firebox.paging import decode_token, next_token, page_size
+from firebox.paging import decode_row_id_token, next_token, page_size
 from firebox.store.database import Database
 from firebox.wire import WireModel
 
@@ -72,7 +72,7 @@ class AuditLogService:
     ) -> AuditLogList:
         principal.require(account_id, Permission.BILLING_READ)
         limit = page_size(size)
-        before = _decode(token)
+        before = decode_row_id_token(token)
         with self._db.transaction() as session:
             if not repo.account_exists(session, account_id):
                 raise NotFound(f"Account {account_id!r} was not found.", code="account_not_found")
@@ -82,18 +82,3 @@ class AuditLogService:
                 next_page_token=next_token([str(row.id) for row in rows], limit),
                 total_size=repo.count_audit(session, account_id),
             )
-
-
-def _decode(token: str | None) -> int | None:
-    decoded = decode_token(token)
-    if decoded is None:
-        return None
-    try:
-        return int(decoded)
-    except ValueError:
-        raise InvalidArgument(
-            "pageToken is not a token this server issued; pass the nextPageToken of the "
-            "previous page, or omit it for the first page.",
-            code="invalid_page_token",
-            param="pageToken",
-        ) from None

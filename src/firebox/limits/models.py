@@ -20,7 +20,7 @@ class AccountLimitsRow(Base):
     account_id: Mapped[str] = mapped_column(
         String(63), ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
     )
-    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    requests_per_minute: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     prompt_tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     generated_tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from firebox.accounts.models import AccountRow
 from firebox.limits.models import AccountLimitsRow, AuditLogRow, QuotaRow
+from firebox.store.locking import insert_missing
 
 
 def get_plan(session: Session, account_id: str) -> str | None:
@@ -28,12 +27,14 @@ def get_limits(session: Session, account_id: str) -> AccountLimitsRow | None:
 
 
 def limits_for_update(session: Session, account_id: str, now: datetime) -> AccountLimitsRow:
-    """The account's limits row, created empty (every limit the plan's) when missing."""
+    """The account's limits row, locked; created empty (every limit the plan's) when missing.
+
+    Upserted like ``quota_for_update``: many requests writing an account's
+    limits for the first time at once all succeed, one after the other.
+    """
+    insert_missing(session, AccountLimitsRow, {"account_id": account_id, "update_time": now})
     row = session.get(AccountLimitsRow, account_id, with_for_update=True, populate_existing=True)
-    if row is None:
-        row = AccountLimitsRow(account_id=account_id, update_time=now)
-        session.add(row)
-        session.flush()
+    assert row is not None  # inserted above, and an account's rows go only with it
     return row
 
 
@@ -53,13 +54,7 @@ def quota_for_update(session: Session, account_id: str, quota_id: str, now: date
     its lock. (SQLite ignores ``FOR UPDATE``; its single writer serializes.)
     """
     values = {"account_id": account_id, "quota_id": quota_id, "usage": 0, "update_time": now}
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        session.execute(pg_insert(QuotaRow).values(values).on_conflict_do_nothing())
-    elif dialect == "sqlite":
-        session.execute(sqlite_insert(QuotaRow).values(values).on_conflict_do_nothing())
-    elif get_quota(session, account_id, quota_id) is None:
-        session.execute(insert(QuotaRow).values(values))
+    insert_missing(session, QuotaRow, values)
     query = (
         select(QuotaRow)
         .where(QuotaRow.account_id == account_id, QuotaRow.quota_id == quota_id)

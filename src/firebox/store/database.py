@@ -11,8 +11,9 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
-from firebox.errors import InvalidArgument
+from firebox.errors import Aborted, InvalidArgument
 from firebox.private_files import private_file
 
 
@@ -84,6 +85,11 @@ class Database:
         A value the driver refuses (``DataError``: a NUL in PostgreSQL text, a
         number out of range) is the request's fault, so it becomes a 400 here,
         for every query, rather than a 500 from whichever one met it first.
+
+        A write that finds its row changed or gone under it (another request
+        deleted it first: ``StaleDataError``) is a 409 the caller can retry,
+        never a 500. Services avoid it by locking what they change
+        (``firebox.store.locking``); this is the net under every route.
         """
         try:
             with self._sessions() as session, session.begin():
@@ -96,6 +102,11 @@ class Database:
                 + "; check the characters, lengths and numbers you sent.",
                 code="invalid_value",
             ) from exc
+        except StaleDataError:
+            raise Aborted(
+                "Another request changed or deleted this resource at the same time; "
+                "read it again and retry.",
+            ) from None
 
     def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""
