@@ -42,6 +42,14 @@ class Settings(BaseSettings):
         default=True, description="Create the `demo` account, user and key on first start."
     )
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    keep_alive_timeout_s: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="How long an idle client connection stays open. Longer than the idle "
+        "expiry of common clients (httpx 5 s, aiohttp 15 s) and load balancers (60 s), so "
+        "the gateway never closes a connection just as a client reuses it.",
+    )
     key_cache_ttl_s: float = Field(
         default=30.0,
         ge=0,

@@ -56,7 +56,7 @@ async def _spray(
 ) -> list[int]:
     """``total`` chat requests spread over the replicas, ``concurrency`` at a time."""
     gate = asyncio.Semaphore(concurrency)
-    # Expire idle connections before uvicorn does (5 s), so none is reused as it closes.
+    # Expire idle connections well before the gateway does (FIREBOX_KEEP_ALIVE_TIMEOUT_S).
     limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=2.0)
     async with httpx.AsyncClient(headers=member.headers, timeout=60, limits=limits) as http:
 
