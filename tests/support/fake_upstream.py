@@ -88,7 +88,7 @@ class FakeUpstream:
         self.disconnects = 0  # streams the client left before their end
         self.connections: set[int] = set()  # client ports seen: keep-alive reuse
 
-    def reset(self, timeout: float = 5.0) -> None:
+    def reset(self, timeout: float = 60.0) -> None:
         """Wait for requests in flight to end; restore the knobs; forget the records."""
         deadline = time.monotonic() + timeout
         while self.in_flight and time.monotonic() < deadline:
@@ -117,7 +117,7 @@ class FakeUpstream:
         self._server = server = uvicorn.Server(config)
         self._thread = threading.Thread(target=server.run, args=([sock],), daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # only the failure path
         while not server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the fake upstream did not start")
