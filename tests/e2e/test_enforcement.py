@@ -28,6 +28,7 @@ from tests.e2e.enforcement_support import (
     write_catalog,
 )
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.http_pool import fan_out_limits
 from tests.support.server import RunningServer, start_server
 
 pytestmark = pytest.mark.slow
@@ -119,7 +120,10 @@ def add_card(url: str, member: Member, card: str) -> str:
 
 
 async def _wave(url: str, member: Member, count: int) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=url, headers=member.headers, timeout=60) as http:
+    limits = fan_out_limits(count)  # see there: httpcore#1110
+    async with httpx.AsyncClient(
+        base_url=url, headers=member.headers, timeout=60, limits=limits
+    ) as http:
 
         async def one() -> httpx.Response:
             async with http.stream(

@@ -9,21 +9,27 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from firebox.limits.rate_limiter import WINDOW_S
 from firebox.store.database import normalize_url
 from tests.conftest import OPERATOR_KEY, PG_URL, REDIS_URL
 from tests.e2e.conftest import drop_schema, pg_schema_url
 from tests.e2e.enforcement_support import CHEAP, Member, chat_body, new_member, write_catalog
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.http_pool import fan_out_limits
 from tests.support.server import RunningServer, free_port, start_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
+
+LIMIT = 600  # requests a minute, the plan's default
 
 # Rate checks a replica answered from its own share because Redis was unreachable.
 FALLBACKS = re.compile(r"^firebox_limits_redis_fallbacks_total (\S+)$", re.M)
@@ -55,25 +61,82 @@ def _start_replicas(
     return [start_server(tmp_path / f"replica{i}", env=env) for i in range(count)]
 
 
+@asynccontextmanager
+async def _clients(
+    replicas: list[RunningServer], member: Member, concurrency: int
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One client per replica, pooled as ``fan_out_limits`` explains (httpcore#1110)."""
+    async with AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=replica.url,
+                    headers=member.headers,
+                    timeout=60,
+                    limits=fan_out_limits(concurrency),
+                )
+            )
+            for replica in replicas
+        ]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One sprayed request: its answer, and when (wall clock) it was sent and answered."""
+
+    status: int
+    remaining: int
+    code: str
+    retry_after: int
+    sent: float
+    answered: float
+
+
 async def _spray(
     replicas: list[RunningServer], member: Member, total: int, concurrency: int
-) -> list[int]:
+) -> list[Outcome]:
     """``total`` chat requests spread over the replicas, ``concurrency`` at a time."""
     gate = asyncio.Semaphore(concurrency)
-    # Expire idle connections well before the gateway does (FIREBOX_KEEP_ALIVE_TIMEOUT_S).
-    limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=2.0)
-    async with httpx.AsyncClient(headers=member.headers, timeout=60, limits=limits) as http:
+    async with _clients(replicas, member, concurrency) as clients:
 
-        async def one(i: int) -> int:
+        async def one(i: int) -> Outcome:
             async with gate:
-                url = replicas[i % len(replicas)].url
-                answer = await http.post(f"{url}/v1/chat/completions", json=chat_body(CHEAP, 1))
-                return answer.status_code
+                http = clients[i % len(clients)]
+                sent = time.time()
+                answer = await http.post("/v1/chat/completions", json=chat_body(CHEAP, 1))
+                error = (answer.json().get("error") or {}) if answer.status_code != 200 else {}
+                return Outcome(
+                    answer.status_code,
+                    int(answer.headers["x-ratelimit-remaining-requests"]),
+                    str(error.get("code", "")),
+                    int(answer.headers.get("retry-after", "0")),
+                    sent,
+                    time.time(),
+                )
 
         return await asyncio.gather(*(one(i) for i in range(total)))
 
 
+def _most_admitted_in_a_window(outcomes: list[Outcome]) -> int:
+    """The most admissions that certainly fell into one window of 60 whole seconds.
+
+    A request was counted in some second between its sending and its answer; only
+    those whose whole span lies inside a window certainly count against it.
+    """
+    admitted = [(int(o.sent), int(o.answered)) for o in outcomes if o.status == 200]
+    first, last = min(a for a, _ in admitted), max(b for _, b in admitted)
+    return max(
+        sum(1 for a, b in admitted if start <= a and b < start + WINDOW_S)
+        for start in range(first, last + 1)
+    )
+
+
 def test_four_replicas_admit_exactly_the_limit(tmp_path: Path, fake: FakeUpstream) -> None:
+    """600 a minute across four replicas: never more in a window, never a refusal before.
+
+    The spray may take longer than a minute on a loaded machine, when the window slides
+    and more are rightly admitted; so the test checks the window, not a total.
+    """
     _needs_services()
     assert REDIS_URL and PG_URL
     schema, url = pg_schema_url()
@@ -89,21 +152,20 @@ def test_four_replicas_admit_exactly_the_limit(tmp_path: Path, fake: FakeUpstrea
             timeout=60,
         ).raise_for_status()
         try:
-            codes = Counter(asyncio.run(_spray(replicas, member, 2000, 128)))
+            outcomes = asyncio.run(_spray(replicas, member, 2000, 128))
         except httpx.TransportError as error:  # say which replica dropped it, and why
             logs = "\n".join(f"{r.url}:\n{r.log()[-3000:]}" for r in replicas)
             raise AssertionError(f"{error!r} on {error.request.url}\n{logs}") from error
-        assert codes[200] == 600, codes
-        assert codes[429] == 1400, codes
-        refused = httpx.post(
-            f"{replicas[1].url}/v1/chat/completions",
-            headers=member.headers,
-            json=chat_body(CHEAP, 1),
-            timeout=60,
-        )
-        assert refused.status_code == 429
-        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-        assert int(refused.headers["retry-after"]) >= 1
+        codes = Counter(o.status for o in outcomes)
+        assert set(codes) == {200, 429}, codes
+        # Never more than the limit in a window: the replicas share one count.
+        assert _most_admitted_in_a_window(outcomes) <= LIMIT, codes
+        # Never a refusal before the window is full: the first LIMIT all got through,
+        # and every refusal saw the shared window at the limit.
+        assert codes[200] >= LIMIT, codes
+        refusals = [o for o in outcomes if o.status == 429]
+        assert {(o.remaining, o.code) for o in refusals} == {(0, "rate_limit_exceeded")}
+        assert min(o.retry_after for o in refusals) >= 1
     finally:
         for replica in replicas:
             replica.stop()
@@ -177,16 +239,16 @@ def test_redis_restart_under_load_loses_and_double_charges_nothing(
         ).raise_for_status()
 
         async def load() -> list[tuple[int, str]]:
-            async with httpx.AsyncClient(headers=member.headers, timeout=60) as http:
+            async with _clients(replicas, member, 40) as clients:
 
                 async def one(i: int) -> tuple[int, str]:
-                    answer = await http.post(
-                        f"{replicas[i % 2].url}/v1/chat/completions", json=chat_body(CHEAP, 2)
+                    answer = await clients[i % 2].post(
+                        "/v1/chat/completions", json=chat_body(CHEAP, 2)
                     )
                     return answer.status_code, answer.headers.get("x-request-id", "")
 
-                async def fallbacks(replica: RunningServer) -> float:
-                    metrics = (await http.get(f"{replica.url}/metrics")).text
+                async def fallbacks(i: int) -> float:
+                    metrics = (await clients[i].get("/metrics")).text
                     found = FALLBACKS.search(metrics)
                     return float(found.group(1)) if found else 0.0
 
@@ -195,12 +257,12 @@ def test_redis_restart_under_load_loses_and_double_charges_nothing(
                     out and Redis answered): an event, however long the cool-down takes here."""
                     probes: list[tuple[int, str]] = []
                     deadline = time.monotonic() + 60  # only the failure path
-                    for i, replica in enumerate(replicas):
+                    for i in range(len(replicas)):
                         while True:
                             assert time.monotonic() < deadline, "a replica never went back to Redis"
-                            before = await fallbacks(replica)
+                            before = await fallbacks(i)
                             probes.append(await one(i))
-                            if await fallbacks(replica) == before:
+                            if await fallbacks(i) == before:
                                 break
                             await asyncio.sleep(0.1)
                     return probes
