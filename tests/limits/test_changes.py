@@ -85,21 +85,21 @@ def test_losing_the_channel_drops_everything_and_its_return_drops_it_again() -> 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    asyncio.run_coroutine_threadsafe(proxy.up(), loop).result(5)
+    asyncio.run_coroutine_threadsafe(proxy.up(), loop).result(60)
     drops: list[float] = []
     changes = RedisChanges(f"redis://127.0.0.1:{proxy.port}/0", retry_s=0.05)
     changes.on_lost = lambda: drops.append(time.monotonic())
     try:
         assert changes.connected
-        asyncio.run_coroutine_threadsafe(proxy.down(), loop).result(5)
+        asyncio.run_coroutine_threadsafe(proxy.down(), loop).result(60)
         assert wait_for(lambda: not changes.connected)
         assert len(drops) == 1 and changes.lost == 1
-        asyncio.run_coroutine_threadsafe(proxy.up(), loop).result(5)
+        asyncio.run_coroutine_threadsafe(proxy.up(), loop).result(60)
         assert wait_for(lambda: changes.connected)
         assert wait_for(lambda: len(drops) == 2)  # what was read while it was down goes too
     finally:
         changes.close()
-        asyncio.run_coroutine_threadsafe(proxy.down(), loop).result(5)
+        asyncio.run_coroutine_threadsafe(proxy.down(), loop).result(60)
         loop.call_soon_threadsafe(loop.stop)
 
 
