@@ -197,8 +197,9 @@ def test_credit_depleted_without_card_then_card_lifts_it(server: RunningServer) 
         assert refused.status_code == 402, refused.text
         assert refused.json()["error"]["code"] == "credit_depleted"
         assert "payment method" in refused.json()["error"]["message"].lower()
-        assert Decimal(str(billing(url, member)["creditBalance"])) == 0
+        # The ledger is written asynchronously: the balance is final once the usage is.
         assert settled_usage(url, member, Decimal("1.00")) == Decimal("1.00")
+        assert Decimal(str(billing(url, member)["creditBalance"])) == 0
         assert suspend_state(url, member) == "CREDIT_DEPLETED"
 
         add_card(url, member, "pm_card_visa")
