@@ -152,7 +152,10 @@ def test_four_replicas_admit_exactly_the_limit(tmp_path: Path, fake: FakeUpstrea
             timeout=60,
         ).raise_for_status()
         try:
-            outcomes = asyncio.run(_spray(replicas, member, 2000, 128))
+            # 32 at a time: each replica's database pool (10, up to 30 connections) then
+            # stays at 10, so four replicas fit PostgreSQL's default 100 connections
+            # beside other clients; 128 made them open up to 120 ("too many clients").
+            outcomes = asyncio.run(_spray(replicas, member, 2000, 32))
         except httpx.TransportError as error:  # say which replica dropped it, and why
             logs = "\n".join(f"{r.url}:\n{r.log()[-3000:]}" for r in replicas)
             raise AssertionError(f"{error!r} on {error.request.url}\n{logs}") from error
