@@ -101,4 +101,10 @@ def serve(settings: Settings, announce: bool = True) -> None:
         http=guard.protocol_class(),
         ws="none",
         server_header=False,
+        # The client, not the server, should be the side that ends an idle connection:
+        # if the server's timer fires as a client reuses the connection, the request is
+        # lost to a reset (httpx.ReadError). uvicorn's 5 s default equals httpx's idle
+        # expiry, and a busy event loop (uvloop runs due timers before reading sockets)
+        # widens that race to seconds; see settings.keep_alive_timeout_s.
+        timeout_keep_alive=settings.keep_alive_timeout_s,
     )

@@ -89,6 +89,14 @@ class Settings(BaseSettings):
         "large prompts wait (up to FIREBOX_TOKENIZER_ACCOUNT_QUEUE of them, then 429).",
     )
     tokenizer_account_queue: int = Field(default=16, ge=0)
+    keep_alive_timeout_s: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="How long an idle client connection stays open. Longer than the idle "
+        "expiry of common clients (httpx 5 s, aiohttp 15 s) and load balancers (60 s), so "
+        "the gateway never closes a connection just as a client reuses it.",
+    )
     key_cache_ttl_s: float = Field(
         default=30.0,
         ge=0,

@@ -7,12 +7,13 @@ key is deleted through replica A; B must refuse it at once.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
 
+from firebox.accounts import key_cache as key_cache_module
 from firebox.accounts.key_cache import KeyCache
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Role
@@ -43,11 +44,16 @@ def test_cache_drops_an_entry_on_invalidate_and_ignores_a_racing_load() -> None:
     assert cache.get("h2") is None
 
 
-def test_cache_entries_expire_after_ttl() -> None:
+def test_cache_entries_expire_after_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cache ages entries by the monotonic clock: a fake one, so that a descheduled
+    # test process cannot expire the entry before the first read.
+    now = [1000.0]
+    monkeypatch.setattr(key_cache_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     cache = KeyCache(ttl_s=0.05)
     cache.put(_principal("h"), cache.epoch())
+    now[0] += 0.04
     assert cache.get("h") is not None
-    time.sleep(0.1)
+    now[0] += 0.02
     assert cache.get("h") is None
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -237,6 +238,9 @@ def test_a_database_down_at_close_leaves_the_spool_for_the_next_start(
     for record in records(40):
         down.record(record)
     assert not down.flush(0.2)
+    deadline = time.monotonic() + 60  # the writer tries (and fails) at least once first
+    while down.failed_batches < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     down.close(timeout_s=0.2)
     assert down.failed_batches >= 1
     assert len(spool_files(spool_dir)) == 1

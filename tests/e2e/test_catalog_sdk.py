@@ -17,7 +17,7 @@ MINILM = "accounts/firebox/models/all-minilm-l6-v2"
 
 
 def test_sdk_lists_and_gets_the_bundled_public_model(server: RunningServer) -> None:
-    with httpx.Client(base_url=server.url) as http:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
         create_account(http, bearer(OPERATOR_KEY), "sdk-reader")
         key = member_key(http, bearer(OPERATOR_KEY), "sdk-reader", "rita", "inference-user")
     reader = Fireworks(api_key=key, base_url=server.url, account_id="firebox", max_retries=0)
@@ -62,7 +62,7 @@ def test_sdk_model_lifecycle_with_a_member_addon(server: RunningServer) -> None:
         )
     assert "price" in str(unpriced.value)
 
-    with httpx.Client(base_url=server.url) as http:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
         create_account(http, bearer(OPERATOR_KEY), "sdk-tuner")
         key = member_key(http, bearer(OPERATOR_KEY), "sdk-tuner", "tom", "user")
     member = Fireworks(api_key=key, base_url=server.url, account_id="sdk-tuner", max_retries=0)

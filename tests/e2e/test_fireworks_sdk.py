@@ -20,6 +20,7 @@ def _create_account(server: RunningServer, account: str, plan: str = "BUSINESS")
         params={"accountId": account},
         json={"displayName": account, "plan": plan},
         headers={"Authorization": f"Bearer {OPERATOR_KEY}"},
+        timeout=60,
     )
     assert response.status_code == 200, response.text
 
@@ -89,12 +90,14 @@ def test_sdk_errors_map_to_sdk_exceptions(server: RunningServer) -> None:
 
 
 def test_operational_endpoints(server: RunningServer) -> None:
-    assert httpx.get(f"{server.url}/readyz").json()["database"] == "ok"
-    metrics = httpx.get(f"{server.url}/metrics").text
+    assert httpx.get(f"{server.url}/readyz", timeout=60).json()["database"] == "ok"
+    metrics = httpx.get(f"{server.url}/metrics", timeout=60).text
     assert "firebox_http_requests_total" in metrics
-    spec = httpx.get(f"{server.url}/openapi.json").json()
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=60).json()
     assert "/v1/accounts/{account}/users/{user}/apiKeys" in spec["paths"]
-    response = httpx.get(f"{server.url}/v1/accounts/demo", headers={"x-request-id": "trace-1"})
+    response = httpx.get(
+        f"{server.url}/v1/accounts/demo", headers={"x-request-id": "trace-1"}, timeout=60
+    )
     assert response.status_code == 401
     assert response.headers["x-request-id"] == "trace-1"
     assert '"requestId":"trace-1"' in server.log()  # the structured access log

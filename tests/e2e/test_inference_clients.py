@@ -178,7 +178,7 @@ def test_fireworks_sdk_chat_and_completions(served: tuple[RunningServer, str]) -
 
 def _metric(server: RunningServer, name: str) -> float:
     total = 0.0
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+    for line in httpx.get(f"{server.url}/metrics", timeout=60).text.splitlines():
         if line.startswith(name):
             total += float(line.rsplit(" ", 1)[1])
     return total
@@ -200,7 +200,7 @@ def test_client_disconnect_cancels_upstream_and_still_meters(
             if i == 2:
                 break
         stream.close()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # only the failure path
         while time.monotonic() < deadline and fake.disconnects == disconnects:
             time.sleep(0.02)
         assert fake.disconnects > disconnects, "the upstream generation was not cancelled"

@@ -39,7 +39,7 @@ def two_replicas(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer]
 def test_revocation_across_replicas(two_replicas: tuple[RunningServer, RunningServer]) -> None:
     a, b = two_replicas
     op = {"Authorization": f"Bearer {OPERATOR_KEY}"}
-    with httpx.Client(headers=op) as http:
+    with httpx.Client(headers=op, timeout=60) as http:
         assert http.post(f"{a.url}/v1/accounts", params={"accountId": "multi"}, json={}).is_success
         assert http.post(
             f"{b.url}/v1/accounts/multi/users", params={"userId": "u"}, json={"role": "admin"}
@@ -47,10 +47,14 @@ def test_revocation_across_replicas(two_replicas: tuple[RunningServer, RunningSe
         for _ in range(30):
             created = http.post(f"{a.url}/v1/accounts/multi/users/u/apiKeys", json={}).json()
             key = {"Authorization": f"Bearer {created['key']}"}
-            assert httpx.get(f"{b.url}/v1/accounts/multi", headers=key).status_code == 200
+            assert (
+                httpx.get(f"{b.url}/v1/accounts/multi", headers=key, timeout=60).status_code == 200
+            )
             deleted = http.post(
                 f"{a.url}/v1/accounts/multi/users/u/apiKeys:delete",
                 json={"keyId": created["keyId"]},
             )
             assert deleted.is_success
-            assert httpx.get(f"{b.url}/v1/accounts/multi", headers=key).status_code == 401
+            assert (
+                httpx.get(f"{b.url}/v1/accounts/multi", headers=key, timeout=60).status_code == 401
+            )

@@ -110,3 +110,25 @@ def test_metrics_label_set_stays_bounded(client: TestClient) -> None:
     metrics = client.get("/metrics").text
     assert 'method="OTHER",route="/healthz",status="405"} 3.0' in metrics
     assert "BREW" not in metrics
+
+
+def test_an_unexpected_error_says_the_connection_closes(services: Services) -> None:
+    """uvicorn closes the connection after a 500 whose exception Starlette re-raises.
+
+    Unannounced, a keep-alive client would send its next request into that closing
+    socket and get a reset (httpx.ReadError); ``connection: close`` tells it not to.
+    """
+    from firebox.app import create_app
+
+    app = create_app(services)
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as http:
+        answer = http.get("/boom", headers={"x-request-id": "r-1"})
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == "internal_error"
+    assert answer.headers["connection"] == "close"
+    assert answer.headers["x-request-id"] == "r-1"

@@ -19,10 +19,14 @@ from firebox.http.streaming import CoalescingStream
 class Client:
     """The server side of one connection: the messages sent, and a disconnect on cue."""
 
-    def __init__(self, send_delay_s: float = 0.0, fail_on_start: bool = False) -> None:
+    def __init__(self, blocked: bool = False, fail_on_start: bool = False) -> None:
         self.messages: list[dict[str, Any]] = []
         self.gone = asyncio.Event()
-        self.send_delay_s = send_delay_s
+        # A blocked client takes nothing until ``unblocked`` is set: a slow reader whose
+        # slowness does not depend on the machine's speed.
+        self.unblocked = asyncio.Event()
+        if not blocked:
+            self.unblocked.set()
         self.fail_on_start = fail_on_start
 
     async def receive(self) -> dict[str, Any]:
@@ -32,13 +36,20 @@ class Client:
     async def send(self, message: dict[str, Any]) -> None:
         if self.fail_on_start and message["type"] == "http.response.start":
             raise OSError("the client went away")
-        if self.send_delay_s:
-            await asyncio.sleep(self.send_delay_s)
+        await self.unblocked.wait()
         self.messages.append(message)
 
     @property
     def bodies(self) -> list[bytes]:
         return [m["body"] for m in self.messages if m["type"] == "http.response.body"]
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    """Yield to the loop until ``predicate`` holds; the deadline is only the failure path."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
 
 
 def on_both_loops(main: Callable[[], Awaitable[None]]) -> None:
@@ -99,9 +110,9 @@ def test_a_disconnect_cancels_the_body_at_once_and_close_still_runs() -> None:
 
         client = Client()
         task = asyncio.ensure_future(call(CoalescingStream(body(), on_close=on_close), client))
-        await asyncio.sleep(0.02)
+        await until(lambda: client.bodies == [b"first"])
         client.gone.set()
-        await asyncio.wait_for(task, 2)
+        await asyncio.wait_for(task, 60)  # "at once": long before the body's hour
         assert cleaned.is_set() and closed == ["closed"]
         assert client.bodies == [b"first"]  # no end of body for a client that is gone
 
@@ -153,10 +164,14 @@ def test_a_slow_client_holds_the_producer_at_the_buffer_bound() -> None:
                 made.append(i)
                 yield b"x" * 100
 
-        client = Client(send_delay_s=0.1)
+        client = Client(blocked=True)
         task = asyncio.ensure_future(call(CoalescingStream(body(), max_buffered=300), client))
-        await asyncio.sleep(0.03)  # the headers are still being sent
+        await until(lambda: len(made) >= 3)
+        for _ in range(100):  # every chance to make more, were it not held
+            await asyncio.sleep(0)
+        assert client.messages == []  # the headers are still being sent
         assert made == [0, 1, 2]  # three pieces fill the bound: the producer waits
+        client.unblocked.set()
         await task
         assert b"".join(client.bodies) == b"x" * 1000
         assert max(len(b) for b in client.bodies) <= 300

@@ -136,7 +136,7 @@ async def test_shutdown_finishes_queued_work_then_refuses(
     loop = asyncio.get_running_loop()
     first = await hold_worker(batcher, encoder)
     queued = batcher.submit(["q"], loop)
-    closing = asyncio.create_task(asyncio.to_thread(batcher.shutdown, 5))
+    closing = asyncio.create_task(asyncio.to_thread(batcher.shutdown, 60))
     while not batcher.closed:
         await asyncio.sleep(0.001)
     with pytest.raises(EngineClosed):

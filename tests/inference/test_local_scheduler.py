@@ -47,7 +47,7 @@ def engine(folder: Path) -> Iterator[LocalTextEngine]:
 
 async def _settled(engine: LocalTextEngine) -> EngineStats:
     """Stats once the scheduler has nothing running or waiting."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # only the failure path
     while True:
         stats = engine.stats()
         if (stats.running == 0 and stats.waiting == 0) or time.monotonic() > deadline:

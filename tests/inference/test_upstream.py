@@ -96,14 +96,13 @@ def text_of(events: list[GenerationEvent], index: int = 0) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta) and e.index == index)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> float:
-    """Poll ``predicate``; return the seconds it took to hold."""
+async def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll ``predicate``; the deadline is only the failure path (a loaded machine is slow)."""
     start = time.monotonic()
     while not predicate():
         if time.monotonic() - start > timeout:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.005)
-    return time.monotonic() - start
 
 
 # -- streaming ---------------------------------------------------------------
@@ -138,17 +137,18 @@ async def test_completion_streams_text(upstream: FakeUpstream) -> None:
 async def test_first_event_arrives_while_the_upstream_is_still_generating(
     upstream: FakeUpstream,
 ) -> None:
-    upstream.token_delay = 0.05
-    async with engine_for(upstream) as engine:
-        start = time.monotonic()
-        async with aclosing(engine.generate(chat_request(max_tokens=10))) as events:
-            async for event in events:
-                if isinstance(event, TextDelta) and event.text:
-                    first_token_s = time.monotonic() - start
-                    still_generating = upstream.in_flight == 1
-                    break
+    # The upstream stalls after its first token until the client leaves: the first event can
+    # only have arrived while it was still generating, however slow the machine.
+    upstream.hold_after_tokens = 1
+    async with (
+        engine_for(upstream) as engine,
+        aclosing(engine.generate(chat_request(max_tokens=10))) as events,
+    ):
+        async for event in events:
+            if isinstance(event, TextDelta) and event.text:
+                still_generating = upstream.in_flight == 1
+                break
     assert still_generating
-    assert first_token_s < 0.3  # the whole answer takes 0.5 s
 
 
 async def test_connections_are_kept_alive_between_requests(upstream: FakeUpstream) -> None:
@@ -230,12 +230,12 @@ async def test_429_is_rate_limited(upstream: FakeUpstream) -> None:
 
 
 async def test_read_timeout_is_upstream_timeout(upstream: FakeUpstream) -> None:
-    upstream.token_delay = 5.0
+    # The upstream sends its role chunk, then nothing until the client leaves: only the
+    # engine's read timeout can end the call (without one the test would hang).
+    upstream.hold_after_tokens = 0
     async with engine_for(upstream, timeout_s=0.2) as engine:
-        start = time.monotonic()
         with pytest.raises(UpstreamTimeout):
             await collect(engine, chat_request())
-    assert time.monotonic() - start < 2.0
 
 
 async def test_connection_dropped_mid_stream_is_upstream_error(upstream: FakeUpstream) -> None:
@@ -253,15 +253,14 @@ async def test_connection_dropped_mid_stream_is_upstream_error(upstream: FakeUps
 
 
 async def test_closing_the_stream_disconnects_from_the_upstream(upstream: FakeUpstream) -> None:
-    upstream.token_delay = 0.02
+    upstream.hold_after_tokens = 2  # never ends by itself: a disconnect is the client's doing
     async with engine_for(upstream) as engine:
         stream = engine.generate(chat_request(max_tokens=200))
         async for event in stream:
             if isinstance(event, TextDelta) and event.text == " tok1":
                 break
         await stream.aclose()
-        took = await wait_until(lambda: upstream.disconnects == 1)
-        assert took < 0.5
+        await wait_until(lambda: upstream.disconnects == 1)
         await wait_until(lambda: upstream.in_flight == 0)
         assert engine.pool.in_flight(upstream.url) == 0
         # the engine stays usable
@@ -271,7 +270,7 @@ async def test_closing_the_stream_disconnects_from_the_upstream(upstream: FakeUp
 async def test_cancelling_the_consumer_task_disconnects_from_the_upstream(
     upstream: FakeUpstream,
 ) -> None:
-    upstream.token_delay = 0.02
+    upstream.hold_after_tokens = 2  # never ends by itself: a disconnect is the client's doing
     started = asyncio.Event()
 
     async def consume(engine: UpstreamEngine) -> None:
@@ -281,11 +280,11 @@ async def test_cancelling_the_consumer_task_disconnects_from_the_upstream(
 
     async with engine_for(upstream) as engine:
         task = asyncio.create_task(consume(engine))
-        await asyncio.wait_for(started.wait(), 2)
+        await asyncio.wait_for(started.wait(), 60)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert await wait_until(lambda: upstream.disconnects == 1) < 0.5
+        await wait_until(lambda: upstream.disconnects == 1)
         assert engine.pool.in_flight(upstream.url) == 0
 
 

@@ -522,7 +522,11 @@ async def test_a_deferred_redis_settlement_holds_until_it_runs_and_settles_once(
         await ticket.settle_soon(usage())  # returns at once: the settlement is a task
         await ticket.settle_soon(usage(completion=1000))  # only the first counts
         await ticket.settle(usage(completion=1000))
-        await asyncio.sleep(0.05)
+        for _ in range(6000):  # until the settlement reached the gate (60 s, failure path)
+            if settles:
+                break
+            await asyncio.sleep(0.01)
+        assert settles, "the deferred settlement never started"
         # Until the settlement runs, the reservation holds the worst case.
         assert (reserved(world, "acme"), len(guard._deferred)) == (100, 1)
         gate.set()

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -42,11 +42,9 @@ class Gate:
         assert self.opened.wait(10), "the gate was never opened"
 
     async def entered_soon(self) -> None:
-        for _ in range(500):
-            if self.entered.is_set():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("the background re-read never started")
+        # Waits in a worker thread so the loop stays free; 60 s is only the failure path.
+        if not await asyncio.to_thread(self.entered.wait, 60):
+            raise AssertionError("the background re-read never started")
 
 
 class GatedMoney(FakeMoney):
@@ -181,6 +179,10 @@ def test_plan_limits_are_re_read_ahead_and_an_invalidation_wins(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _account(database, "acme")
+    # PlanLimits ages entries by the monotonic clock: a fake one, so no real time passes
+    # and a slow machine cannot carry the entry past its lifetime.
+    now = [1000.0]
+    monkeypatch.setattr(plans_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     plans = PlanLimits(database, FakeClock(START), ttl_s=2.0)
     first = plans.load("acme")
     gate = Gate()
@@ -192,7 +194,7 @@ def test_plan_limits_are_re_read_ahead_and_an_invalidation_wins(
         return row
 
     async def main() -> None:
-        time.sleep(1.6)  # past 3/4 of the lifetime (PlanLimits ages entries by the monotonic clock)
+        now[0] += 1.6  # past 3/4 of the 2 s lifetime, not past its end
         monkeypatch.setattr(plans_module.repo, "get_limits", gated)
         assert plans.cached("acme") == first  # answered at once; the re-read is blocked
         await gate.entered_soon()

@@ -79,6 +79,8 @@ class FakeUpstream:
         self.fail_status: int | None = None  # answer every POST with this status
         self.fail_close = False  # start every answer, then drop the connection
         self.close_after_tokens: int | None = None  # drop a stream after N tokens
+        self.hold_after_tokens: int | None = None  # a longer stream stalls after N tokens until
+        # its client leaves: in flight for as long as a test needs, however slow the machine
         self.omit_usage = False  # never send usage, even when asked
         # records (and ``in_flight``, requests being served now)
         self.requests: list[dict[str, Any]] = []  # the bodies received
@@ -86,7 +88,7 @@ class FakeUpstream:
         self.disconnects = 0  # streams the client left before their end
         self.connections: set[int] = set()  # client ports seen: keep-alive reuse
 
-    def reset(self, timeout: float = 5.0) -> None:
+    def reset(self, timeout: float = 60.0) -> None:
         """Wait for requests in flight to end; restore the knobs; forget the records."""
         deadline = time.monotonic() + timeout
         while self.in_flight and time.monotonic() < deadline:
@@ -115,7 +117,7 @@ class FakeUpstream:
         self._server = server = uvicorn.Server(config)
         self._thread = threading.Thread(target=server.run, args=([sock],), daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # only the failure path
         while not server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the fake upstream did not start")
@@ -232,6 +234,12 @@ class FakeUpstream:
                         return
                     if self.close_after_tokens is not None and position > self.close_after_tokens:
                         raise _DropConnection
+                    hold = self.hold_after_tokens
+                    if hold is not None and hold < position <= len(answer.pieces):
+                        await watcher
+                        with self._lock:
+                            self.disconnects += 1
+                        return
                 data = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})

@@ -35,7 +35,9 @@ class RunningServer:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(timeout=10)
+                # A clean stop drains the ledger queue, which tests rely on; on a loaded
+                # machine that takes seconds. 60 s is only the failure path.
+                self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

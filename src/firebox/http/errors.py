@@ -135,5 +135,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 "INTERNAL",
             ),
             status_code=500,
-            headers={"x-request-id": request_id} if request_id else None,
+            # Starlette re-raises after this answer and uvicorn then closes the connection;
+            # saying so keeps a keep-alive client from sending its next request into a
+            # socket being closed (a reset: httpx.ReadError, seen under load).
+            headers={"connection": "close"} | ({"x-request-id": request_id} if request_id else {}),
         )
