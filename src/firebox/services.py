@@ -123,7 +123,12 @@ def build_services(
     if clock is None and settings.test_clock:
         clock = test_clock = OffsetClock()
     clock = clock or SystemClock()
-    db = db or Database(settings.resolved_database_url())
+    db = db or Database(
+        settings.resolved_database_url(),
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout_s=settings.database_pool_timeout_s,
+    )
     metrics = Metrics()
     cache = KeyCache(ttl_s=settings.key_cache_ttl_s)
     revocations: RevocationBus

@@ -34,6 +34,22 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; unset means a SQLite file in the data dir. "
         "postgresql://, postgresql+psycopg:// and postgresql+asyncpg:// are accepted.",
     )
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections one process keeps open. Replicas x (pool size + "
+        "max overflow) must stay under the server's max_connections.",
+    )
+    database_max_overflow: int = Field(
+        default=20, ge=0, le=1000, description="Connections opened beyond the pool at peaks."
+    )
+    database_pool_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="How long a request waits for a free connection before a 503.",
+    )
     redis_url: str | None = Field(
         default=None, description="Redis URL for shared counters; unset means in-process."
     )

@@ -57,6 +57,10 @@ def _start_replicas(
         "FIREBOX_CATALOG_FILE": str(catalog),
         "FIREBOX_REPLICAS": str(count),
         "FIREBOX_ACCESS_LOG": "false",
+        # Sized as docs/operations.md says: replicas x (pool + overflow) under PostgreSQL's
+        # max_connections (100), with room for the suite's own connections.
+        "FIREBOX_DATABASE_POOL_SIZE": "5",
+        "FIREBOX_DATABASE_MAX_OVERFLOW": "5",
     }
     return [start_server(tmp_path / f"replica{i}", env=env) for i in range(count)]
 
@@ -152,10 +156,9 @@ def test_four_replicas_admit_exactly_the_limit(tmp_path: Path, fake: FakeUpstrea
             timeout=60,
         ).raise_for_status()
         try:
-            # 32 at a time: each replica's database pool (10, up to 30 connections) then
-            # stays at 10, so four replicas fit PostgreSQL's default 100 connections
-            # beside other clients; 128 made them open up to 120 ("too many clients").
-            outcomes = asyncio.run(_spray(replicas, member, 2000, 32))
+            # 128 at a time; each replica holds at most 10 database connections, so a
+            # burst waits for a connection instead of exhausting PostgreSQL's.
+            outcomes = asyncio.run(_spray(replicas, member, 2000, 128))
         except httpx.TransportError as error:  # say which replica dropped it, and why
             logs = "\n".join(f"{r.url}:\n{r.log()[-3000:]}" for r in replicas)
             raise AssertionError(f"{error!r} on {error.request.url}\n{logs}") from error

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
+import pytest
 from fastapi.testclient import TestClient
 
 from firebox.services import Services
 from firebox.store import migrate
+from tests.conftest import OPERATOR_KEY
 
 
 def test_malformed_json_is_a_clear_400(
@@ -132,3 +135,56 @@ def test_an_unexpected_error_says_the_connection_closes(services: Services) -> N
     assert answer.json()["error"]["code"] == "internal_error"
     assert answer.headers["connection"] == "close"
     assert answer.headers["x-request-id"] == "r-1"
+
+
+def test_a_client_leaving_mid_body_is_not_a_server_error(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that hangs up while its body is read is logged as such, not as a 500."""
+    import anyio
+
+    from firebox.app import create_app
+
+    app = create_app(services)
+    sent: list[dict[str, object]] = []
+    parts = iter(
+        [
+            {"type": "http.request", "body": b'{"displayName": ', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive() -> dict[str, object]:
+        return next(parts)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/inference/v1/chat/completions",
+        "raw_path": b"/inference/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"authorization", b"Bearer " + OPERATOR_KEY.encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"64"),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            await app(scope, receive, send)  # type: ignore[arg-type]
+
+    with caplog.at_level(logging.INFO, logger="firebox.http"):
+        anyio.run(run)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 499, sent
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from firebox import text
 from firebox.errors import FireboxError
@@ -120,6 +121,24 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body(message, error_type, code, None, status),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        # The client left while its body was being read: nobody reads this answer and
+        # nothing failed on our side, so it is neither logged as an error nor a 500.
+        # 499 is the status proxies (nginx) record for it.
+        log.info("client left during %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body(
+                "The client closed the connection before sending its whole request.",
+                "invalid_request_error",
+                "client_disconnected",
+                None,
+                "CANCELLED",
+            ),
+            status_code=499,
+            headers={"connection": "close"},
         )
 
     @app.exception_handler(Exception)

@@ -9,11 +9,12 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from firebox.errors import Aborted, InvalidArgument
+from firebox.errors import Aborted, InvalidArgument, ServiceUnavailable
 from firebox.private_files import private_file
 
 
@@ -50,6 +51,24 @@ def _private_sqlite_file(url: str) -> None:
             private_file(sidecar)
 
 
+# SQLSTATE classes that mean "no connection to be had", not "this statement failed":
+# 08 connection exception, 53300 too_many_connections, 57P01-03 server shutting down.
+_UNREACHABLE_STATES = ("08", "53300", "57P01", "57P02", "57P03")
+
+
+def unreachable(exc: OperationalError) -> bool:
+    """Whether ``exc`` says the database cannot be reached (versus a statement's failure).
+
+    A serialization failure or a lock timeout is an ``OperationalError`` too,
+    and callers retry those; only a connection that cannot be had or was lost
+    is the service being unavailable.
+    """
+    state = getattr(exc.orig, "sqlstate", None)
+    if isinstance(state, str):
+        return state.startswith(_UNREACHABLE_STATES)
+    return bool(exc.connection_invalidated) or "connection" in str(exc.orig).lower()
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -62,7 +81,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 class Database:
     """Owns the engine; hands out sessions and transactions."""
 
-    def __init__(self, url: str, *, connect_args: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_args: dict[str, Any] | None = None,
+        pool_size: int = 10,
+        max_overflow: int = 20,
+        pool_timeout_s: float = 30.0,
+    ) -> None:
         self.url = normalize_url(url)
         args: dict[str, Any] = dict(connect_args or {})
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -72,7 +99,11 @@ class Database:
             args.setdefault("check_same_thread", False)
             args.setdefault("timeout", 10)
         else:
-            kwargs.update(pool_size=10, max_overflow=20)
+            # Each replica may hold pool_size + max_overflow connections: the sum over
+            # replicas must stay under PostgreSQL's max_connections (docs/operations.md).
+            kwargs.update(
+                pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_s
+            )
         self.engine: Engine = create_engine(self.url, connect_args=args, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -90,6 +121,10 @@ class Database:
         deleted it first: ``StaleDataError``) is a 409 the caller can retry,
         never a 500. Services avoid it by locking what they change
         (``firebox.store.locking``); this is the net under every route.
+
+        A database that cannot be reached, or a pool with no connection free
+        within its timeout, is a 503 ``database_unavailable`` with
+        ``Retry-After``: the request did not run and can be sent again.
         """
         try:
             with self._sessions() as session, session.begin():
@@ -102,6 +137,12 @@ class Database:
                 + "; check the characters, lengths and numbers you sent.",
                 code="invalid_value",
             ) from exc
+        except PoolTimeout as exc:
+            raise _unavailable("every database connection is busy") from exc
+        except OperationalError as exc:
+            if not unreachable(exc):
+                raise
+            raise _unavailable("the database cannot be reached") from exc
         except StaleDataError:
             raise Aborted(
                 "Another request changed or deleted this resource at the same time; "
@@ -115,3 +156,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _unavailable(why: str) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"The request was not run: {why}. Retry in a moment.",
+        code="database_unavailable",
+        headers={"Retry-After": "1"},
+    )
