@@ -163,15 +163,17 @@ def main(argv: list[str] | None = None) -> int:
                         per = used / args.requests * 1e6
                         results.setdefault((mode, name), []).append(per)
                         print(
-                            f"  round {round_no + 1} {mode:<6} {name:<12} {per:8.0f} CPU-µs/request",
+                            f"  round {round_no + 1} {mode:<6} {name:<12} {per:8.0f} CPU-µs/req",
                             flush=True,
                         )
         finally:
             for server in reversed(servers):
                 server.stop()
     print()
-    print(f"server CPU-µs per request (median of {args.rounds}; c={args.concurrency}, "
-          f"{args.requests} requests, access log {args.access_log})")
+    print(
+        f"server CPU-µs per request (median of {args.rounds}; c={args.concurrency}, "
+        f"{args.requests} requests, access log {args.access_log})"
+    )
     header = f"{'mode':<8}" + "".join(f"{n:>14}" for n in names)
     if len(names) > 1:
         header += "".join(f"{'tree/' + n:>18}" for n in names[1:])

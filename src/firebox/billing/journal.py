@@ -24,9 +24,11 @@ delivered tokens per stream unrecorded: a request admitted less than
 ``interval_s`` before the kill may have no entry yet, and then it has run
 for less than ``interval_s``. Its hold is then not handed to admission's
 ``recover``: an in-process hold dies with the process anyway, and a Redis
-reservation expires with its TTL, as it did before this journal existed. The next process to claim the
-journal (``UsageIngest``, at start and on every rescan, always *after* the
-usage segments of dead processes, so a request's normal record wins) bills
+reservation expires with its TTL, as it did before this journal existed.
+
+The next process to claim the journal (``UsageIngest``, at start and on
+every rescan, always *after* the usage segments of dead processes, so a
+request's normal record wins) bills
 every entry that is open and delivered output, as outcome ``interrupted``
 at its last counts, through the same pricing and idempotent ledger as the
 spool (same request id, so never twice), and hands every entry's hold to
