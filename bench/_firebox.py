@@ -126,10 +126,12 @@ def start_firebox(
     access_log: bool,
     extra_env: dict[str, str] | None = None,
     src: Path | None = None,
+    profile: Path | None = None,
 ) -> tuple[Server, str]:
     """Firebox on a free port with its own data dir; returns it and a member's key.
 
     ``src``: run the ``firebox`` package found there instead of this tree's.
+    ``profile``: run it under cProfile, which writes its stats there when it stops.
     """
     port = free_port()
     admin_key = "fw_bench_" + secrets.token_hex(16)
@@ -146,6 +148,8 @@ def start_firebox(
         )
     firebox = Path(sys.executable).parent / "firebox"
     argv = [str(firebox), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if profile is not None:
+        argv = [sys.executable, str(ROOT / "bench" / "_profiled.py"), str(profile), *argv[1:]]
     argv += ["--data-dir", str(work / f"{name}-data")]
     server = start(
         name,

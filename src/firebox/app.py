@@ -17,7 +17,6 @@ from firebox.catalog.endpoints import router as catalog_router
 from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
 from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from firebox.http.url_text import UrlTextMiddleware
 from firebox.inference.endpoints import build_router as inference_router
 from firebox.inference.warmup import warm_local_engines
 from firebox.limits import audit_endpoints, suspension_endpoints
@@ -61,7 +60,6 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(limits_endpoints.build_router())
     app.include_router(audit_endpoints.build_router())
     app.include_router(suspension_endpoints.build_router())
-    app.add_middleware(UrlTextMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(
         RequestContextMiddleware,

@@ -23,12 +23,15 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import orjson
+
 # C0 controls, DEL and C1 controls: Unicode category Cc.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # The same, less tab, line feed and carriage return.
 _CONTROL_BUT_WHITESPACE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 CODE = "invalid_characters"
+_NUL_ESCAPE = b"\\u0000"  # how orjson (and JSON) writes a NUL
 
 
 def _describe(char: str) -> str:
@@ -74,7 +77,19 @@ def strings_in(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[s
 
 
 def first_nul(value: Any) -> str | None:
-    """The dotted location (``messages.1.content``) of the first string holding a NUL."""
+    """The dotted location (``messages.1.content``) of the first string holding a NUL.
+
+    Every inference body passes here, so the common answer (no NUL) comes from
+    one orjson encoding (C, under a µs for a chat body; NUL is always encoded
+    as the escape ``\\u0000``, in keys too) instead of a Python walk over every
+    string (about 10 µs). Only a body whose encoding holds that escape, or
+    that orjson cannot encode, is walked, to find and name the string.
+    """
+    try:
+        if _NUL_ESCAPE not in orjson.dumps(value):
+            return None
+    except TypeError:  # not plain JSON (orjson.JSONEncodeError is one): walk it
+        pass
     for path, text in strings_in(value):
         if "\x00" in text:
             return ".".join(path)

@@ -175,6 +175,7 @@ def test_a_full_segment_is_compacted_to_its_open_entries(
     for i in range(5):
         short = journal.open(usage(request_id=f"short-{i}"), None)
         deliver(short, 3)
+        journal.flush()  # its open line, so that its close line is needed too
         journal.close(short)
         deliver(long, 10)
         journal.flush()
@@ -191,12 +192,42 @@ def test_a_full_segment_is_compacted_to_its_open_entries(
 
 def test_nothing_in_flight_leaves_no_journal_file(spool_dir: Path) -> None:
     journal = dead_journal(spool_dir)
-    progress = journal.open(usage(request_id="quick"), None)
+    progress = journal.open(usage(request_id="slow"), None)
+    journal.flush()
     assert len(journal_files(spool_dir)) == 1
     journal.close(progress)
     journal.flush()
     assert journal_files(spool_dir) == []
     journal.stop()
+
+
+def test_a_request_that_ends_between_flushes_never_touches_the_journal_file(
+    ledger: Ledger, spool_dir: Path, billing_db: Database
+) -> None:
+    """Open is in memory only: no encoding, no write on the request path.
+
+    The next flush writes what is still running (with its counts so far);
+    a request that ended meanwhile has its record in the sink and needs no line.
+    """
+    journal = dead_journal(spool_dir)
+    assert journal_files(spool_dir) == []
+    running = journal.open(usage(request_id="running"), HOLD)
+    quick = journal.open(usage(request_id="quick"), HOLD)
+    assert journal_files(spool_dir) == []  # nothing written at admission
+    deliver(quick, 5)
+    journal.close(quick)
+    deliver(running, 7)
+    journal.flush()
+    (path,) = journal_files(spool_dir)
+    data = path.read_bytes()
+    assert b"quick" not in data and data.count(b"running") == 1
+    journal.abandon()
+    sink, handed = restart(ledger, spool_dir)
+    try:
+        assert rows(billing_db) == {"running": 7}
+        assert [h.request_id for h in handed] == ["running"]
+    finally:
+        sink.close()
 
 
 def test_a_live_process_journal_is_left_alone(

@@ -184,3 +184,16 @@ def test_control_characters_in_the_url_are_refused(
     response = client.get(where, headers=operator_headers)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "invalid_characters"
+
+
+def test_first_nul_names_the_string_whatever_the_encoding_shortcut_says() -> None:
+    """``first_nul`` answers from an orjson encoding when it can; its answers are the walk's."""
+    from firebox.text import first_nul
+
+    assert first_nul({"messages": [{"role": "user", "content": "ok"}]}) is None
+    assert first_nul({"messages": [{"content": "a"}, {"content": "b\x00"}]}) == "messages.1.content"
+    assert first_nul({"stop": ["x", "\x00"]}) == "stop.1"
+    assert first_nul({"k\x00": 1}) == "k\x00"  # a key
+    assert first_nul({"content": "\\u0000 is how JSON writes a NUL"}) is None  # text, no NUL
+    assert first_nul({"ids": {1: "a\x00"}}) == "ids.1"  # orjson cannot encode it: walked
+    assert first_nul({"n": 2**70, "s": "\x00"}) == "s"  # nor this (an int past 64 bits)

@@ -5,19 +5,30 @@ process killed mid-stream never gets there, and without this journal the
 tokens it already streamed would never be billed, nor its spend
 reservation closed. So each process also journals its requests in flight:
 
-- ``open`` (serving, at admission): one line with the request's usage record
-  as it would be billed (counts zero) and its admission ticket's ``hold``
-  (the reservation), written at once with one ``os.write``;
+- ``open`` (serving, at admission) only registers the request in memory:
+  its usage record as it would be billed (counts zero) and its admission
+  ticket's ``hold`` (the reservation). Nothing touches the disk on the
+  request path;
 - about once a second (``interval_s``, a flusher thread): one ``os.write``
-  holding a progress line for every request whose delivered counts changed
-  since its last line, and a close line for every request whose normal
-  record went to the sink meanwhile. Nothing per token touches the disk:
-  serving only bumps counters on its ``Progress``.
+  holding an open line (record, hold and counts so far) for every request
+  admitted since the last flush and still running, a progress line for every
+  request whose delivered counts changed since its last line, and a close
+  line for every journaled request whose normal record went to the sink
+  meanwhile. A request that is admitted and ends between two flushes (most
+  requests) writes nothing at all: its normal record is already in the
+  spool. Nothing per token touches the disk either: serving only bumps
+  counters on its ``Progress``.
 
 A process killed at any moment thus leaves at most ``interval_s`` of
-delivered tokens per stream unrecorded. The next process to claim the
-journal (``UsageIngest``, at start and on every rescan, always *after* the
-usage segments of dead processes, so a request's normal record wins) bills
+delivered tokens per stream unrecorded: a request admitted less than
+``interval_s`` before the kill may have no entry yet, and then it has run
+for less than ``interval_s``. Its hold is then not handed to admission's
+``recover``: an in-process hold dies with the process anyway, and a Redis
+reservation expires with its TTL, as it did before this journal existed.
+
+The next process to claim the journal (``UsageIngest``, at start and on
+every rescan, always *after* the usage segments of dead processes, so a
+request's normal record wins) bills
 every entry that is open and delivered output, as outcome ``interrupted``
 at its last counts, through the same pricing and idempotent ledger as the
 spool (same request id, so never twice), and hands every entry's hold to
@@ -65,6 +76,7 @@ class _Entry:
     hold: dict[str, object] | None
     written: Counts = (0, 0, 0)  # the counts of its last line
     at: datetime | None = None  # the time of its last progress line
+    on_disk: bool = False  # its open line is written (by a flush, or a compaction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +95,13 @@ class Recovered:
 
 def _line(data: dict[str, Any]) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _open_line(entry: _Entry, counts: Counts, at: datetime | None) -> bytes:
+    """An entry's open line: its record and hold, with its counts as of ``at`` if any."""
+    if at is None or counts == (0, 0, 0):
+        return _line({"e": _OPEN, "u": entry.usage, "h": entry.hold})
+    return _line({"e": _OPEN, "u": entry.usage, "h": entry.hold, "n": counts, "t": at})
 
 
 def _counts(progress: Progress) -> Counts:
@@ -115,21 +134,23 @@ class Journal:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Counters (read them as attributes; only ever rise).
-        self.opened = 0  # entries written at admission
-        self.flushes = 0  # batched writes of progress and close lines
+        self.opened = 0  # requests registered at admission
+        self.flushes = 0  # batched writes of open, progress and close lines
         self.compactions = 0  # segments rewritten to their open entries
         self.write_errors = 0  # journal writes that failed (the request still ran)
 
     # -- serving's side (UsageJournal) ---------------------------------------------
 
     def open(self, usage: UsageRecord, hold: dict[str, object] | None) -> Progress:
-        """Journal ``usage``'s request as admitted (one ``os.write``) and track its progress."""
+        """Track ``usage``'s request from admission; the next flush writes its open line.
+
+        No disk write and no encoding here, on the request path: a request
+        that ends before the next flush never reaches the journal file.
+        """
         progress = Progress(usage.request_id)
         entry = _Entry(progress, usage, hold)
-        line = _line({"e": _OPEN, "u": usage, "h": hold})
         with self._lock:
             self._entries[usage.request_id] = entry
-            self._write(line, 1)
             self.opened += 1
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(
@@ -159,11 +180,17 @@ class Journal:
             for request_id, entry in list(self._entries.items()):
                 progress = entry.progress
                 if progress.done:
-                    lines.append(_line({"e": _CLOSE, "id": request_id}))
+                    # Never written (it ended within a flush interval): its record is in
+                    # the sink and nothing on disk names it, so it needs no close line.
+                    if entry.on_disk:
+                        lines.append(_line({"e": _CLOSE, "id": request_id}))
                     del self._entries[request_id]
                     continue
                 counts = _counts(progress)
-                if counts != entry.written:
+                if not entry.on_disk:
+                    lines.append(_open_line(entry, counts, now))
+                    entry.on_disk, entry.written, entry.at = True, counts, now
+                elif counts != entry.written:
                     lines.append(_line({"e": _PROGRESS, "id": request_id, "n": counts, "t": now}))
                     entry.written, entry.at = counts, now
             if lines:
@@ -178,14 +205,7 @@ class Journal:
         old = self._spool.segments()
         self._lines = 0
         if self._entries:
-            snapshot = [
-                _line(
-                    {"e": _OPEN, "u": e.usage, "h": e.hold, "n": e.written, "t": e.at}
-                    if e.at is not None
-                    else {"e": _OPEN, "u": e.usage, "h": e.hold}
-                )
-                for e in self._entries.values()
-            ]
+            snapshot = [_open_line(e, e.written, e.at) for e in self._entries.values()]
             if not self._write(b"".join(snapshot), len(snapshot)):
                 return  # keep the old segments: they still hold the state
         for segment in old:

@@ -16,7 +16,8 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from firebox.http.errors import error_body
+from firebox.http.errors import error_body, render
+from firebox.http.url_text import url_error
 from firebox.telemetry.metrics import Metrics
 
 access_log = logging.getLogger("firebox.access")
@@ -89,7 +90,11 @@ class BodyLimitMiddleware:
 
 
 class RequestContextMiddleware:
-    """Give every request an id (``x-request-id``), log it, and count it."""
+    """Give every request an id (``x-request-id``), log it, and count it.
+
+    It also refuses a URL holding a control character (``url_text.url_error``)
+    before any route sees it: one layer fewer than a middleware of its own.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool) -> None:
         self.app = app
@@ -143,7 +148,11 @@ class RequestContextMiddleware:
 
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_with_id)
+            error = url_error(scope["path"], scope.get("query_string", b""))
+            if error is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                await render(error)(scope, receive, send_with_id)
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - start

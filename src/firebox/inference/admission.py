@@ -61,8 +61,8 @@ class Ticket(Protocol):
     def hold(self) -> dict[str, object] | None:
         """What the ticket holds (a reservation), as JSON-able values; None if nothing.
 
-        The in-flight journal writes it at admission, so that when this
-        process dies a later one can close it with ``Admission.recover``.
+        The in-flight journal writes it within a flush interval of admission, so
+        that when this process dies a later one can close it with ``Admission.recover``.
         """
         ...
 

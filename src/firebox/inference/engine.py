@@ -9,9 +9,10 @@ stop work and free its resources when that happens, at any ``await``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from firebox.errors import FireboxError
 
@@ -160,6 +161,22 @@ class PromptTokenizer(Protocol):
         cannot fit, before tokenizing; ``ContextLengthExceeded`` after.
         """
         ...
+
+
+def as_prompt_tokenizer(engine: object) -> PromptTokenizer | None:
+    """``engine`` if it tokenizes ahead of the run (``PromptTokenizer``), else None.
+
+    Decided once per engine class: ``isinstance`` against a runtime-checkable
+    Protocol walks the protocol's members on every call (tens of µs, measured
+    with bench/gateway_cpu.py), which every chat request paid.
+    """
+    tokenizes = _tokenizes_prompts(type(engine))  # type: ignore[arg-type]  # classes hash
+    return cast(PromptTokenizer, engine) if tokenizes else None
+
+
+@functools.cache
+def _tokenizes_prompts(cls: type[object]) -> bool:
+    return issubclass(cls, PromptTokenizer)
 
 
 @dataclass(frozen=True, slots=True)

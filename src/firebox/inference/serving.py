@@ -10,8 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -32,6 +31,7 @@ from firebox.inference.engine import (
     SamplingParams,
     TextDelta,
     TextEngine,
+    as_prompt_tokenizer,
 )
 from firebox.inference.metering import (
     NoJournal,
@@ -117,8 +117,9 @@ class InferenceService:
         check_prompt_bytes(size, self._max_prompt_bytes, "messages" if kind == "chat" else "prompt")
         requests = self._engine_requests(body, kind, model, request_id)
         prompt_tokens: int | None = None
-        if isinstance(engine, PromptTokenizer):
-            requests = await self._tokenize(principal.account_id, engine, requests, size)
+        tokenizer = as_prompt_tokenizer(engine)
+        if tokenizer is not None:
+            requests = await self._tokenize(principal.account_id, tokenizer, requests, size)
             prompt_tokens = sum(len(r.tokenized.ids) for r in requests if r.tokenized)
         demand = generation_demand(
             body, model, principal.account_id, request_id, images, prompt_tokens
@@ -279,50 +280,73 @@ class InferenceService:
             raise
         headers = meter.headers(run) if run.prompt_known else meter.ticket_headers()
 
-        progress = meter.progress
+        chunks = _chunks(run, meter, shape, body, events, first)
+        return StreamingAnswer(headers, chunks, functools.partial(meter.close, run))
 
-        async def chunks() -> AsyncIterator[dict[str, Any]]:
-            outcome: Outcome = "stopped"
-            try:
 
-                def delivered(event: TextDelta) -> None:
-                    # Taken by the response: counted as delivered (the journal reads it).
-                    # An upstream chunk whose count is unknown is one token (vLLM's own).
-                    progress.delivered(
-                        event.token_count or int(bool(event.text or event.tool_calls)),
-                        run.prompt_tokens,
-                        run.cached_tokens,
-                    )
+async def _chunks(
+    run: GenerationRun,
+    meter: _Meter,
+    shape: responses.Shape,
+    body: Body,
+    events: AsyncIterator[GenerationEvent],
+    first: GenerationEvent | None,
+) -> AsyncIterator[dict[str, Any]]:
+    """The SSE chunks of a stream; emits its usage record however it ends.
 
-                async with aclosing(_event_chunks(shape, first, events, delivered)) as stream:
-                    async for chunk in stream:
-                        yield chunk
-                if body.include_usage() or body.perf_metrics_in_response:
-                    yield responses.usage_chunk(
-                        shape,
-                        meter.usage_dict(run),
-                        run.perf_metrics() if body.perf_metrics_in_response else None,
-                    )
-                outcome = "completed"
-            except GeneratorExit:
-                outcome = "cancelled"
-                raise
-            except Exception as exc:
-                # The engine failed mid-answer (the headers are sent): end the stream
-                # with an error event, not a cut, and bill what was produced.
-                outcome = "failed"
-                if not isinstance(exc, FireboxError):
-                    log.exception("request %s failed mid-stream", shape.request_id)
-                yield responses.error_chunk(exc)
-            except BaseException:
-                outcome = "cancelled" if run.produced_output() else "failed"
-                raise
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await run.close()
-                    await meter.emit(run, outcome)
-
-        return StreamingAnswer(headers, chunks(), functools.partial(meter.close, run))
+    The engine's events become chunks here, ``first`` (already read)
+    included, in this one generator: an inner generator would add a hop to
+    every chunk on the hot path.
+    """
+    progress = meter.progress
+    outcome: Outcome = "stopped"
+    try:
+        pending = [first] if first is not None else []
+        sent_role: set[int] = set()
+        while True:
+            if pending:
+                event = pending.pop()
+            else:
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    break
+            if isinstance(event, TextDelta):
+                yield responses.delta_chunk(shape, event, event.index not in sent_role)
+                sent_role.add(event.index)
+                # Taken by the response: counted as delivered (the journal reads
+                # it). An upstream chunk whose count is unknown is one token.
+                progress.delivered(
+                    event.token_count or int(bool(event.text or event.tool_calls)),
+                    run.prompt_tokens,
+                    run.cached_tokens,
+                )
+            elif isinstance(event, ChoiceFinished):
+                yield responses.finish_chunk(shape, event)
+        if body.include_usage() or body.perf_metrics_in_response:
+            yield responses.usage_chunk(
+                shape,
+                meter.usage_dict(run),
+                run.perf_metrics() if body.perf_metrics_in_response else None,
+            )
+        outcome = "completed"
+    except GeneratorExit:
+        outcome = "cancelled"
+        raise
+    except Exception as exc:
+        # The engine failed mid-answer (the headers are sent): end the stream
+        # with an error event, not a cut, and bill what was produced.
+        outcome = "failed"
+        if not isinstance(exc, FireboxError):
+            log.exception("request %s failed mid-stream", shape.request_id)
+        yield responses.error_chunk(exc)
+    except BaseException:
+        outcome = "cancelled" if run.produced_output() else "failed"
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run.close()
+            await meter.emit(run, outcome)
 
 
 def _capped(requests: list[GenerationRequest], cap: int | None) -> list[GenerationRequest]:
@@ -338,34 +362,6 @@ def _capped(requests: list[GenerationRequest], cap: int | None) -> list[Generati
         else request
         for request in requests
     ]
-
-
-async def _event_chunks(
-    shape: responses.Shape,
-    first: GenerationEvent | None,
-    events: AsyncIterator[GenerationEvent],
-    delivered: Callable[[TextDelta], None],
-) -> AsyncGenerator[dict[str, Any]]:
-    """The SSE chunks of the engine's events, ``first`` (already read) included.
-
-    ``delivered`` runs once the response has taken a delta's chunk.
-    """
-    pending = [first] if first is not None else []
-    sent_role: set[int] = set()
-    while True:
-        if pending:
-            event = pending.pop()
-        else:
-            try:
-                event = await events.__anext__()
-            except StopAsyncIteration:
-                break
-        if isinstance(event, TextDelta):
-            yield responses.delta_chunk(shape, event, event.index not in sent_role)
-            sent_role.add(event.index)
-            delivered(event)
-        elif isinstance(event, ChoiceFinished):
-            yield responses.finish_chunk(shape, event)
 
 
 class _Meter:
