@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,4 +55,49 @@ def server(
     yield running
     running.stop()
     if schema:
+        drop_schema(schema)
+
+
+@dataclass
+class KillTarget:
+    """A server's data dir, environment and database, for tests that kill and restart it."""
+
+    data_dir: Path
+    env: dict[str, str]
+    database_url: str
+
+
+@contextmanager
+def upstream_kill_target(
+    backend: str, tmp_path: Path, upstream_url: str, upstream_model: str, env: dict[str, str]
+) -> Iterator[KillTarget]:
+    """One 8B model bound to the fake upstream, on ``backend``'s database (dropped after)."""
+    data_dir = tmp_path / "data"
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(
+        f"""\
+[[models]]
+id = "llama-8b"
+kind = "HF_BASE_MODEL"
+parameterCount = 8_000_000_000
+contextLength = 8192
+public = true
+engine = {{ type = "upstream", urls = ["{upstream_url}"], upstreamModel = "{upstream_model}", \
+timeoutS = 60 }}
+"""
+    )
+    env = {
+        "FIREBOX_ADMIN_KEY": OPERATOR_KEY,
+        "FIREBOX_CATALOG_FILE": str(catalog),
+        "FIREBOX_ACCESS_LOG": "false",
+        **env,
+    }
+    if backend != "postgresql":
+        yield KillTarget(data_dir, env, f"sqlite:///{data_dir / 'firebox.db'}")
+        return
+    schema, url = pg_schema_url()
+    env["FIREBOX_DATABASE_URL"] = url
+    try:
+        yield KillTarget(data_dir, env, url)
+    finally:
         drop_schema(schema)

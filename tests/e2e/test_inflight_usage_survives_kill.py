@@ -34,8 +34,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from firebox.store.database import normalize_url
-from tests.conftest import OPERATOR_KEY, REDIS_URL
-from tests.e2e.conftest import E2E_BACKENDS, drop_schema, pg_schema_url
+from tests.conftest import REDIS_URL
+from tests.e2e.conftest import E2E_BACKENDS, KillTarget, upstream_kill_target
 from tests.e2e.enforcement_support import Member, new_member
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.server import RunningServer, start_server
@@ -58,47 +58,19 @@ class Stream:
     enough: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-@dataclass
-class Target:
-    data_dir: Path
-    env: dict[str, str]
-    database_url: str
+Target = KillTarget
 
 
 @pytest.fixture(params=E2E_BACKENDS)
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    data_dir = tmp_path / "data"
-    catalog = tmp_path / "catalog.toml"
-    env = {
-        "FIREBOX_ADMIN_KEY": OPERATOR_KEY,
-        "FIREBOX_CATALOG_FILE": str(catalog),
-        "FIREBOX_ACCESS_LOG": "false",
-        "FIREBOX_INFLIGHT_JOURNAL_INTERVAL_S": str(JOURNAL_INTERVAL_S),
-    }
+    env = {"FIREBOX_INFLIGHT_JOURNAL_INTERVAL_S": str(JOURNAL_INTERVAL_S)}
     if REDIS_URL:
         env["FIREBOX_REDIS_URL"] = REDIS_URL
-    with FakeUpstream(token_delay=0.05) as upstream:
-        catalog.write_text(
-            f"""\
-[[models]]
-id = "llama-8b"
-kind = "HF_BASE_MODEL"
-parameterCount = 8_000_000_000
-contextLength = 8192
-public = true
-engine = {{ type = "upstream", urls = ["{upstream.url}"], upstreamModel = "{upstream.model}", \
-timeoutS = 60 }}
-"""
-        )
-        if request.param == "postgresql":
-            schema, url = pg_schema_url()
-            env["FIREBOX_DATABASE_URL"] = url
-            try:
-                yield Target(data_dir, env, url)
-            finally:
-                drop_schema(schema)
-        else:
-            yield Target(data_dir, env, f"sqlite:///{data_dir / 'firebox.db'}")
+    with (
+        FakeUpstream(token_delay=0.05) as upstream,
+        upstream_kill_target(request.param, tmp_path, upstream.url, upstream.model, env) as t,
+    ):
+        yield t
 
 
 def paying_member(url: str) -> Member:

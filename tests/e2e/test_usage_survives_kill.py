@@ -29,8 +29,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from firebox.store.database import normalize_url
-from tests.conftest import OPERATOR_KEY
-from tests.e2e.conftest import E2E_BACKENDS, drop_schema, pg_schema_url
+from tests.e2e.conftest import E2E_BACKENDS, KillTarget, upstream_kill_target
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.server import RunningServer, start_server
 
@@ -56,45 +55,15 @@ class Seen:
     completion_tokens: int = -1
 
 
-@dataclass
-class Target:
-    data_dir: Path
-    env: dict[str, str]
-    database_url: str
+Target = KillTarget
 
 
 @pytest.fixture(params=E2E_BACKENDS)
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    data_dir = tmp_path / "data"
-    catalog = tmp_path / "catalog.toml"
-    env = {
-        "FIREBOX_ADMIN_KEY": OPERATOR_KEY,
-        "FIREBOX_CATALOG_FILE": str(catalog),
-        "FIREBOX_ACCESS_LOG": "false",
-    }
     with FakeUpstream(token_delay=0.02) as upstream:
         upstream.hold_after_tokens = HOLD_AFTER_TOKENS
-        catalog.write_text(
-            f"""\
-[[models]]
-id = "llama-8b"
-kind = "HF_BASE_MODEL"
-parameterCount = 8_000_000_000
-contextLength = 8192
-public = true
-engine = {{ type = "upstream", urls = ["{upstream.url}"], upstreamModel = "{upstream.model}", \
-timeoutS = 30 }}
-"""
-        )
-        if request.param == "postgresql":
-            schema, url = pg_schema_url()
-            env["FIREBOX_DATABASE_URL"] = url
-            try:
-                yield Target(data_dir, env, url)
-            finally:
-                drop_schema(schema)
-        else:
-            yield Target(data_dir, env, f"sqlite:///{data_dir / 'firebox.db'}")
+        with upstream_kill_target(request.param, tmp_path, upstream.url, upstream.model, {}) as t:
+            yield t
 
 
 def demo_key(data_dir: Path) -> str:
