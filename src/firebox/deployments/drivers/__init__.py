@@ -1,0 +1,1 @@
+"""Drivers run deployment replicas: ``local`` (in-process) and ``ray_serve`` (Serve REST API)."""
