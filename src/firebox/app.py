@@ -22,6 +22,8 @@ from firebox.inference.warmup import warm_local_engines
 from firebox.limits import audit_endpoints, suspension_endpoints
 from firebox.limits import endpoints as limits_endpoints
 from firebox.services import Services
+from firebox.storage import endpoints as storage_endpoints
+from firebox.storage.signed import URL_PREFIX
 
 
 def create_app(services: Services) -> FastAPI:
@@ -60,7 +62,12 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(limits_endpoints.build_router())
     app.include_router(audit_endpoints.build_router())
     app.include_router(suspension_endpoints.build_router())
-    app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
+    app.include_router(storage_endpoints.build_router())
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=services.settings.max_body_bytes,
+        exempt_prefixes=(URL_PREFIX,),
+    )
     app.add_middleware(
         RequestContextMiddleware,
         metrics=services.metrics,

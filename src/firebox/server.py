@@ -85,6 +85,7 @@ def serve(settings: Settings, announce: bool = True) -> None:
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
         max_per_client=settings.max_connections_per_client,
+        min_body_bytes_per_s=settings.min_upload_bytes_per_s,
     )
     uvicorn.run(
         app,

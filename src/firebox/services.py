@@ -33,6 +33,7 @@ from firebox.limits.quotas import QuotaService
 from firebox.limits.suspension import SuspensionService
 from firebox.money_wiring import MoneyServices, build_money
 from firebox.settings import Settings
+from firebox.storage.wiring import Storage, build_storage
 from firebox.store.database import Database
 from firebox.telemetry.metrics import Metrics
 from firebox.telemetry.usage import CountingUsageSink
@@ -59,6 +60,7 @@ class Services:
     embeddings: EmbeddingService
     money: MoneyServices
     tokenizers: TokenizerPool
+    storage: Storage
     test_clock: OffsetClock | None = None
 
     @property
@@ -183,5 +185,6 @@ def build_services(
         ),
         money=money,
         tokenizers=tokenizers,
+        storage=build_storage(settings, clock),
         test_clock=test_clock,
     )

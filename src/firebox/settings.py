@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from firebox import key_strength
@@ -196,6 +196,31 @@ class Settings(BaseSettings):
         le=30,
         description="How long a request refused only because other requests' spend "
         "reservations fill the account's cap waits for room before its 429 spend_reserved.",
+    )
+    storage_dir: Path | None = Field(
+        default=None,
+        description="Where uploaded files (datasets, model weights) are kept; defaults to "
+        "<data_dir>/blobs.",
+    )
+    url_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Key that signs upload/download URLs; generated once into the data dir "
+        "when unset. Gateway replicas that share storage must share it.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="Base URL clients reach this gateway at, used in signed URLs (e.g. "
+        "https://firebox.example.com); defaults to the request's own base URL.",
+    )
+    signed_url_ttl_s: int = Field(
+        default=3600, ge=60, le=7 * 24 * 3600, description="How long a signed URL is valid."
+    )
+    min_upload_bytes_per_s: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Slowest upload rate the body deadline allows: a request body may take "
+        "FIREBOX_BODY_TIMEOUT_S plus its declared length at this rate.",
     )
     replicas: int = Field(
         default=1,

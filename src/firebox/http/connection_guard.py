@@ -56,7 +56,22 @@ class ConnectionGuard:
     header_timeout_s: float
     body_timeout_s: float
     max_per_client: int  # 0: no cap
+    # A large upload gets longer: its declared length at this rate is added to the body
+    # deadline (0: a flat deadline for every body).
+    min_body_bytes_per_s: int = 0
     live: Counter[str] = field(default_factory=Counter)
+
+    def body_limit_s(self, headers: list[tuple[bytes, bytes]]) -> float:
+        """The body deadline for a request with ``headers``."""
+        if not self.min_body_bytes_per_s:
+            return self.body_timeout_s
+        for name, value in headers:
+            if name == b"content-length":
+                try:
+                    return self.body_timeout_s + int(value) / self.min_body_bytes_per_s
+                except ValueError:
+                    break
+        return self.body_timeout_s
 
     def admit(self, address: str) -> bool:
         """Count a new connection from ``address``; False if it is over the cap."""
@@ -97,6 +112,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_phase: _Phase | None = None
         self._counted_address: str | None = None
+        self._body_limit_s = self.guard.body_timeout_s
 
     # Connection life
 
@@ -136,6 +152,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._phase = _Phase.BODY
+        self._body_limit_s = self.guard.body_limit_s(self.headers)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -163,7 +180,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if wanted is _Phase.HEADERS:
             self._arm(_Phase.HEADERS, self.guard.header_timeout_s)
         elif wanted is _Phase.BODY:
-            self._arm(_Phase.BODY, self.guard.body_timeout_s)
+            self._arm(_Phase.BODY, self._body_limit_s)
 
     def _arm(self, phase: _Phase, delay_s: float) -> None:
         self._deadline_phase = phase
@@ -184,7 +201,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if phase is _Phase.BODY and self.flow.read_paused:
             # The server stopped reading (a pipelined request, a handler not reading
             # its body yet); the client is not the one holding things up.
-            self._arm(_Phase.BODY, self.guard.body_timeout_s)
+            self._arm(_Phase.BODY, self._body_limit_s)
             return
         if phase is _Phase.HEADERS:
             limit, what = self.guard.header_timeout_s, "headers"
@@ -193,7 +210,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.cycle is None or self.cycle.response_complete
             )
         else:
-            limit, what = self.guard.body_timeout_s, "body"
+            limit, what = self._body_limit_s, "body"
             answerable = self.cycle is not None and not self.cycle.response_started
         prefix = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         log.info(

@@ -26,14 +26,21 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with a 413, declared or streamed."""
+    """Refuse bodies over ``max_bytes`` with a 413, declared or streamed.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Paths under ``exempt_prefixes`` bound their own bodies (a signed upload URL
+    carries the exact size it accepts) and are streamed to storage, not parsed.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt_prefixes = exempt_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.exempt_prefixes and scope["path"].startswith(self.exempt_prefixes)
+        ):
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:

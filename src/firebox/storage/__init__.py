@@ -1,0 +1,1 @@
+"""Blob storage for uploaded files (datasets, model weights), behind one small interface."""
