@@ -1,0 +1,67 @@
+"""The deployment driver fixture: one list of driver kinds, one factory fixture per kind.
+
+The contract suite (``test_driver_contract.py``) asks for ``make_driver``,
+parametrized over ``DRIVERS``. A kind ``k`` is provided by a fixture named
+``k_driver_factory`` returning ``DriverFactory``: called with the virtual
+capacity wanted, it gives an async context manager yielding a running
+driver and stopping everything it ran on exit. The Ray Serve driver adds
+``"ray_serve"`` here and its ``ray_serve_driver_factory`` fixture beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+
+import pytest
+import torch
+
+from firebox.clock import SystemClock
+from firebox.deployments.drivers.base import DeploymentDriver
+from firebox.deployments.drivers.local import LocalDriver
+from firebox.deployments.replica_engines import local_capabilities, local_engine_maker
+
+DRIVERS = ["local"]
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+DriverFactory = Callable[
+    [Mapping[str, int]], contextlib.AbstractAsyncContextManager[DeploymentDriver]
+]
+
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def local_driver_factory() -> DriverFactory:
+    torch.set_num_threads(1)
+
+    @contextlib.asynccontextmanager
+    async def make(capacity: Mapping[str, int]) -> AsyncIterator[DeploymentDriver]:
+        driver = LocalDriver(
+            local_engine_maker(MODELS_DIR, kv_cache_tokens=4096, num_threads=1),
+            SystemClock(),
+            capacity=capacity,
+            tick_s=0.1,
+            queue_limit=4,
+            wake_timeout_s=120,
+            default_capabilities=local_capabilities(),
+        )
+        try:
+            yield driver
+        finally:
+            await driver.close()
+
+    return make
+
+
+@pytest.fixture(params=DRIVERS)
+def make_driver(request: pytest.FixtureRequest) -> DriverFactory:
+    """A factory of the driver under test (each kind in ``DRIVERS``)."""
+    factory: DriverFactory = request.getfixturevalue(f"{request.param}_driver_factory")
+    return factory
