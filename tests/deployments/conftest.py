@@ -22,7 +22,9 @@ from firebox.deployments.drivers.base import DeploymentDriver
 from firebox.deployments.drivers.local import LocalDriver
 from firebox.deployments.replica_engines import local_capabilities, local_engine_maker
 
-DRIVERS = ["local"]
+from .ray_fixtures import ray_cluster, ray_serve_driver_factory  # noqa: F401  (fixtures)
+
+DRIVERS = ["local", "ray_serve"]
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 

@@ -43,7 +43,9 @@ def _local_engine(args: dict[str, Any]) -> TextEngine:
 
         torch.set_num_threads(int(threads))
     engine = LocalTextEngine.load(
-        str(args["weights"]), num_threads=int(threads) if threads else None
+        str(args["weights"]),
+        num_threads=int(threads) if threads else None,
+        eos_token_ids=() if args.get("ignore_eos") else None,
     )
     for addon in args.get("addons") or ():
         engine.register_adapter(str(addon["name"]), str(addon["path"]))
@@ -104,7 +106,12 @@ class FireboxReplica:
         else:
             engine = _local_engine(args)
         addons = {str(addon["name"]) for addon in args.get("addons") or ()}
-        self._server = ReplicaServer(engine, str(args["model"]), addons)
+        self._server = ReplicaServer(
+            engine,
+            str(args["model"]),
+            addons,
+            token_interval_s=float(args.get("token_interval_s") or 0.0),
+        )
         log.info("replica of %s ready (revision %s)", args["deployment"], args.get("revision"))
 
     async def __call__(self, request: Request) -> Response:

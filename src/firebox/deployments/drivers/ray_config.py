@@ -83,6 +83,10 @@ class RayServeOptions:
     engine_threads: int | None = None  # torch CPU threads of the local engine in a replica
     env_vars: Mapping[str, str] = field(default_factory=dict)  # replicas' runtime_env
     health_check_period_s: float = 2.0
+    # Demos, benchmarks and tests on CPU: run every answer to max_tokens (no end-of-sequence
+    # stop) and pace streamed tokens, so a small model behaves like a big one under load.
+    ignore_eos: bool = False
+    token_interval_s: float = 0.0
 
 
 def app_name(deployment_name: str) -> str:
@@ -163,6 +167,8 @@ def application(target: DeploymentTarget, options: RayServeOptions) -> dict[str,
         "max_context_length": target.max_context_length,
         "accelerator_count": target.accelerator_count,
         "engine_threads": options.engine_threads,
+        "ignore_eos": options.ignore_eos,
+        "token_interval_s": options.token_interval_s,
     }
     actor_options: dict[str, Any] = {
         "num_cpus": options.replica_num_cpus,

@@ -143,8 +143,10 @@ class DeploymentEngine:
         max_in_flight: int,
         retry_after_s: int,
         blocked: Callable[[], str | None],
+        start_timeout_s: float = 120.0,
     ) -> None:
         self.name = name
+        self._start_timeout_s = start_timeout_s
         self.in_flight = 0
         self._upstream = upstream
         self._max_in_flight = max_in_flight
@@ -166,24 +168,42 @@ class DeploymentEngine:
             )
         self.in_flight += 1
         try:
-            async with aclosing(self._upstream.generate(request)) as events:
-                async for event in events:
-                    yield event
+            async for event in self._forward(request):
+                yield event
         except RateLimited as exc:  # Serve's bounded queue (backpressure, status 429)
             raise self._busy(
                 f"Deployment {self.name!r} is at its queue's limit; retry after the "
                 "Retry-After delay.",
                 "deployment_queue_full",
             ) from exc
-        except InvalidArgument as exc:
-            if exc.code == "upstream_rejected" and "not found" in exc.message.lower():
-                raise self._busy(  # the proxy has no route yet: the application is starting
-                    f"Deployment {self.name!r} is starting; retry shortly.",
-                    "deployment_starting",
-                ) from exc
-            raise
         finally:
             self.in_flight -= 1
+
+    async def _forward(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Send ``request`` through the proxy; while the application has no route yet
+        (just applied, Serve still deploying it), wait for it, up to ``start_timeout_s``."""
+        deadline = time.monotonic() + self._start_timeout_s
+        while True:
+            started = False
+            try:
+                async with aclosing(self._upstream.generate(request)) as events:
+                    async for event in events:
+                        started = True
+                        yield event
+                return
+            except InvalidArgument as exc:
+                starting = exc.code == "upstream_rejected" and "not found" in exc.message.lower()
+                if started or not starting:
+                    raise
+                if time.monotonic() > deadline:
+                    raise self._busy(
+                        f"Deployment {self.name!r} is still starting; retry shortly.",
+                        "deployment_starting",
+                    ) from exc
+                reason = self._blocked()
+                if reason is not None:
+                    raise self._busy(reason, "deployment_unavailable") from exc
+            await asyncio.sleep(0.25)
 
     async def close(self) -> None:
         await self._upstream.close()
@@ -281,6 +301,7 @@ class RayServeDriver:
                 max_in_flight=self._max_in_flight,
                 retry_after_s=self.options.retry_after_s,
                 blocked=lambda: self._blocked(name),
+                start_timeout_s=self._request_timeout_s,
             )
             self._engines[name] = engine
         return engine

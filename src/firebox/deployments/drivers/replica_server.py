@@ -15,6 +15,7 @@ tests drive it directly.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -115,10 +116,18 @@ def error_response(exc: FireboxError) -> Response:
 class ReplicaServer:
     """Answers the OpenAI routes of one replica with ``engine``."""
 
-    def __init__(self, engine: TextEngine, model: str, addons: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        engine: TextEngine,
+        model: str,
+        addons: set[str] | None = None,
+        *,
+        token_interval_s: float = 0.0,
+    ) -> None:
         self.engine = engine
         self.model = model
         self.addons = addons if addons is not None else set()
+        self.token_interval_s = token_interval_s  # pacing of streamed deltas (demos, tests)
 
     async def handle(self, request: Request) -> Response:
         path = request.url.path.rstrip("/")
@@ -227,6 +236,8 @@ class ReplicaServer:
                     chunk = _chunk(shape, event, started)
                     if chunk is not None:
                         yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                    if self.token_interval_s > 0 and isinstance(event, TextDelta):
+                        await asyncio.sleep(self.token_interval_s)
                     event = await anext(stream, None)
                 yield b"data: [DONE]\n\n"
             except FireboxError as exc:
