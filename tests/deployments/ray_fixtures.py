@@ -20,7 +20,8 @@ from firebox.deployments.drivers.ray_config import RayServeOptions
 from firebox.deployments.drivers.ray_rest import RayDashboard
 from firebox.deployments.drivers.ray_serve import RayServeDriver
 
-from ..support.ray_cluster import RayCluster, ray_cluster as start_cluster
+from ..support.ray_cluster import RayCluster
+from ..support.ray_cluster import ray_cluster as start_cluster
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
@@ -33,7 +34,6 @@ def ray_options(cluster: RayCluster) -> RayServeOptions:
         http_host="127.0.0.1",
         http_port=cluster.serve_port,
         models_dir=str(MODELS_DIR),
-        metrics_interval_s=0.25,
         look_back_period_s=1.0,
         engine_threads=1,
         max_queued_requests=4,
@@ -50,7 +50,11 @@ def ray_options(cluster: RayCluster) -> RayServeOptions:
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
     if not RAY_INSTALLED:
         pytest.skip("ray is not installed (the 'ray' extra)")
-    with start_cluster(log_dir=tmp_path_factory.mktemp("ray")) as cluster:
+    fast_metrics = {  # replicas and proxies report load every 0.25 s (default 10 s)
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.25",
+        "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.25",
+    }
+    with start_cluster(log_dir=tmp_path_factory.mktemp("ray"), env=fast_metrics) as cluster:
         yield cluster
 
 

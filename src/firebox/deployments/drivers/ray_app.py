@@ -128,4 +128,5 @@ class FireboxReplica:
 
 def build(args: dict[str, Any]) -> Application:
     """The application of one deployment (Serve's ``import_path`` target)."""
-    return FireboxReplica.bind(args)
+    application: Application = FireboxReplica.bind(args)  # type: ignore[attr-defined]
+    return application

@@ -77,7 +77,8 @@ class RayServeOptions:
     max_queued_requests: int = 64
     retry_after_s: int = 2
     max_ongoing_requests: int = 16  # per replica
-    metrics_interval_s: float = 1.0  # how often replicas report load; scale-to-zero latency
+    # How often replicas and proxies report load is a cluster setting in Ray 2.60 (the
+    # RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S variables of the Ray nodes), not a field.
     look_back_period_s: float = 5.0
     replica_num_cpus: float = 0.0  # CPUs a replica asks besides its GPUs
     engine_threads: int | None = None  # torch CPU threads of the local engine in a replica
@@ -141,7 +142,6 @@ def autoscaling_config(target: DeploymentTarget, options: RayServeOptions) -> di
         "upscale_delay_s": policy.scale_up_window_s,
         "downscale_delay_s": policy.scale_down_window_s,
         "downscale_to_zero_delay_s": policy.scale_to_zero_window_s,
-        "metrics_interval_s": options.metrics_interval_s,
         "look_back_period_s": options.look_back_period_s,
     }
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -186,10 +185,13 @@ class DeploymentEngine:
         while True:
             started = False
             try:
-                async with aclosing(self._upstream.generate(request)) as events:
+                events = self._upstream.generate(request)
+                try:
                     async for event in events:
                         started = True
                         yield event
+                finally:
+                    await events.aclose()  # type: ignore[attr-defined]
                 return
             except InvalidArgument as exc:
                 starting = exc.code == "upstream_rejected" and "not found" in exc.message.lower()

@@ -19,7 +19,8 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -108,9 +109,7 @@ def _int_or_none(value: Any) -> int | None:
 def error_response(exc: FireboxError) -> Response:
     """The OpenAI-shaped error the gateway's upstream client reads back."""
     body = error_body(exc.message, exc.error_type, exc.code, exc.param, exc.status)
-    return Response(
-        orjson.dumps(body), status_code=exc.http_status, media_type="application/json"
-    )
+    return Response(orjson.dumps(body), status_code=exc.http_status, media_type="application/json")
 
 
 class ReplicaServer:
@@ -158,8 +157,10 @@ class ReplicaServer:
             return error_response(InvalidArgument(f"Invalid request: {exc}"))
         except FireboxError as exc:
             return error_response(exc)
-        shape = Shape(generation.kind, generation.request_id, str(body.get("model")), int(time.time()))
-        events = aclosing(self.engine.generate(generation))
+        shape = Shape(
+            generation.kind, generation.request_id, str(body.get("model")), int(time.time())
+        )
+        events = self.engine.generate(generation)
         if generation.stream:
             return await self._stream(shape, events)
         return await self._whole(shape, events)
@@ -168,25 +169,21 @@ class ReplicaServer:
         tokenizer = as_prompt_tokenizer(self.engine)
         if tokenizer is None:
             return request
-        from dataclasses import replace
-
         prompt = await to_thread.run_sync(tokenizer.tokenize_prompt, request)
         return replace(request, tokenized=prompt)
 
-    async def _whole(
-        self, shape: Shape, events: aclosing[AsyncIterator[GenerationEvent]]
-    ) -> Response:
+    async def _whole(self, shape: Shape, events: AsyncIterator[GenerationEvent]) -> Response:
         choices: dict[int, ChoiceState] = {}
         usage: UsageReport | None = None
         try:
-            async with events as stream:
+            async with _closing(events) as stream:
                 async for event in stream:
                     if isinstance(event, TextDelta):
                         choices.setdefault(event.index, ChoiceState()).add(event)
                     elif isinstance(event, ChoiceFinished):
-                        choices.setdefault(event.index, ChoiceState()).finish_reason = (
-                            event.finish_reason
-                        )
+                        choices.setdefault(
+                            event.index, ChoiceState()
+                        ).finish_reason = event.finish_reason
                     elif isinstance(event, UsageReport):
                         usage = event
         except FireboxError as exc:
@@ -215,17 +212,14 @@ class ReplicaServer:
             answer["choices"].append(choice)
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    async def _stream(
-        self, shape: Shape, events: aclosing[AsyncIterator[GenerationEvent]]
-    ) -> Response:
-        stream = await events.__aenter__()
+    async def _stream(self, shape: Shape, stream: AsyncIterator[GenerationEvent]) -> Response:
         try:  # the first event before answering: an early error is a real HTTP error
             first: GenerationEvent | None = await anext(stream, None)
         except FireboxError as exc:
-            await events.__aexit__(None, None, None)
+            await _close(stream)
             return error_response(exc)
         except BaseException:
-            await events.__aexit__(None, None, None)
+            await _close(stream)
             raise
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -244,9 +238,26 @@ class ReplicaServer:
                 body = error_body(exc.message, exc.error_type, exc.code, exc.param, exc.status)
                 yield b"data: " + orjson.dumps(body) + b"\n\n"
             finally:
-                await events.__aexit__(None, None, None)
+                await _close(stream)
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
+
+
+async def _close(events: AsyncIterator[GenerationEvent]) -> None:
+    """Close an engine's event iterator: the engine stops the generation."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+@asynccontextmanager
+async def _closing(
+    events: AsyncIterator[GenerationEvent],
+) -> AsyncIterator[AsyncIterator[GenerationEvent]]:
+    try:
+        yield events
+    finally:
+        await _close(events)
 
 
 def _chunk(shape: Shape, event: GenerationEvent, started: set[int]) -> dict[str, Any] | None:
