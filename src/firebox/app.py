@@ -34,6 +34,8 @@ def create_app(services: Services) -> FastAPI:
             warm = asyncio.create_task(warm_local_engines(services.catalog, services.engines))
         services.period_job.start()  # month close, invoice retries, credit expiry
         services.money.holds.start()  # reservations of requests a dead process left in flight
+        if services.deployments is not None:
+            await services.deployments.start()  # reconciles the database's deployments at once
         yield
         if warm is not None:
             warm.cancel()

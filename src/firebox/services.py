@@ -21,6 +21,8 @@ from firebox.billing.period import PeriodCloseJob, PeriodCloser
 from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
+from firebox.deployments.drivers.base import DeploymentDriver
+from firebox.deployments.runtime import DeploymentRuntime, build_runtime
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
 from firebox.inference.models import ModelResolver
@@ -30,6 +32,7 @@ from firebox.inference.tokenizer_pool import TokenizerPool
 from firebox.limits.audit import AuditLogService
 from firebox.limits.plans import PlanLimits
 from firebox.limits.quotas import QuotaService
+from firebox.limits.spend_guard import spend_cap
 from firebox.limits.suspension import SuspensionService
 from firebox.money_wiring import MoneyServices, build_money
 from firebox.settings import Settings
@@ -60,6 +63,7 @@ class Services:
     money: MoneyServices
     tokenizers: TokenizerPool
     test_clock: OffsetClock | None = None
+    deployments: DeploymentRuntime | None = None
 
     @property
     def billing(self) -> BillingService:
@@ -95,6 +99,8 @@ class Services:
 
     async def aclose(self) -> None:
         """Stop engines, then release connections (called at app shutdown)."""
+        if self.deployments is not None:
+            await self.deployments.stop()  # its last GPU time reaches the ledger queue first
         await self.engines.close()
         self.tokenizers.close()
         await self.money.aclose()
@@ -114,6 +120,7 @@ def build_services(
     clock: Clock | None = None,
     engine_factory: EngineFactory | None = None,
     usage: UsageSink | None = None,
+    deployment_driver: DeploymentDriver | None = None,
 ) -> Services:
     """Wire the services for ``settings``; tests may inject the db, clock, engines and sink.
 
@@ -161,6 +168,20 @@ def build_services(
         settings.tokenizer_account_queue,
     )
     prompt_cap = settings.max_prompt_bytes
+    deployments = build_runtime(
+        settings,
+        db,
+        clock,
+        catalog.resolve,
+        recorded,
+        money.billing,
+        spend_cap,
+        money.suspension.raise_reason,
+        deployment_driver,
+    )
+    money.hooks.register(deployments.suspension_hook)
+    models.deployments = deployments.routing
+    engines.deployments = deployments
     return Services(
         settings=settings,
         db=db,
@@ -184,4 +205,5 @@ def build_services(
         money=money,
         tokenizers=tokenizers,
         test_clock=test_clock,
+        deployments=deployments,
     )

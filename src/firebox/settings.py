@@ -204,6 +204,41 @@ class Settings(BaseSettings):
         "replica enforces 1/replicas of an account's rate limit.",
     )
 
+    deployment_capacity: str = Field(
+        default="NVIDIA_A100_80GB=8,NVIDIA_H100_80GB=8",
+        description="Virtual accelerators of the local deployment driver, TYPE=COUNT by comma: "
+        "replicas are placed only while their type has room (quota-checked and billed "
+        "like real ones).",
+    )
+    deployment_reconcile_interval_s: float = Field(
+        default=2.0, gt=0, le=300, description="How often deployments are reconciled."
+    )
+    deployment_meter_interval_s: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="GPU time is written to the ledger per this many seconds (divides an hour).",
+    )
+    deployment_tick_s: float = Field(
+        default=0.5, gt=0, le=60, description="The local driver's autoscaling tick."
+    )
+    deployment_queue_limit: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Requests that may wait for a replica of one deployment (a cold start); "
+        "more get a 503 with Retry-After.",
+    )
+    deployment_wake_timeout_s: float = Field(
+        default=300.0, gt=0, le=3600, description="How long a request waits for a cold start."
+    )
+    deployment_kv_cache_tokens: int = Field(
+        default=16_384, ge=256, description="KV cache of one local replica, in tokens."
+    )
+    deployment_replica_threads: int | None = Field(
+        default=None, ge=1, description="Torch CPU threads of one local replica (default: torch's)."
+    )
+
     @model_validator(mode="after")
     def _production_refuses_test_tools(self) -> Settings:
         if self.environment == "production":

@@ -31,7 +31,6 @@ DriverFactory = Callable[
 ]
 
 
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
