@@ -21,6 +21,8 @@ from firebox.clock import SystemClock
 from firebox.deployments.drivers.base import DeploymentDriver
 from firebox.deployments.drivers.local import LocalDriver
 from firebox.deployments.replica_engines import local_capabilities, local_engine_maker
+from firebox.settings import Settings
+from tests.conftest import OPERATOR_KEY
 
 DRIVERS = ["local"]
 
@@ -64,3 +66,20 @@ def make_driver(request: pytest.FixtureRequest) -> DriverFactory:
     """A factory of the driver under test (each kind in ``DRIVERS``)."""
     factory: DriverFactory = request.getfixturevalue(f"{request.param}_driver_factory")
     return factory
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """The suite's settings with short deployment loops (tests wait on conditions, not time)."""
+    torch.set_num_threads(1)
+    return Settings(
+        data_dir=tmp_path / "data",
+        admin_key=OPERATOR_KEY,
+        access_log=False,
+        bootstrap_demo=True,
+        warm_local_engines=False,
+        deployment_reconcile_interval_s=0.2,
+        deployment_tick_s=0.1,
+        deployment_kv_cache_tokens=4096,
+        deployment_replica_threads=1,
+    )
