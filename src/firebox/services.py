@@ -21,6 +21,7 @@ from firebox.billing.period import PeriodCloseJob, PeriodCloser
 from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
+from firebox.deployments.wiring import DeploymentSlice, build_deployments
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
 from firebox.inference.models import ModelResolver
@@ -59,6 +60,7 @@ class Services:
     embeddings: EmbeddingService
     money: MoneyServices
     tokenizers: TokenizerPool
+    deployments: DeploymentSlice
     test_clock: OffsetClock | None = None
 
     @property
@@ -183,5 +185,6 @@ def build_services(
         ),
         money=money,
         tokenizers=tokenizers,
+        deployments=build_deployments(settings, db, clock, money.quotas),
         test_clock=test_clock,
     )
