@@ -23,6 +23,7 @@ from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.deployments.drivers.base import DeploymentDriver
 from firebox.deployments.runtime import DeploymentRuntime, build_runtime
+from firebox.deployments.wiring import DeploymentSlice, build_deployments
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
 from firebox.inference.models import ModelResolver
@@ -62,8 +63,9 @@ class Services:
     embeddings: EmbeddingService
     money: MoneyServices
     tokenizers: TokenizerPool
+    deployments: DeploymentSlice
     test_clock: OffsetClock | None = None
-    deployments: DeploymentRuntime | None = None
+    deployment_runtime: DeploymentRuntime | None = None
 
     @property
     def billing(self) -> BillingService:
@@ -99,8 +101,8 @@ class Services:
 
     async def aclose(self) -> None:
         """Stop engines, then release connections (called at app shutdown)."""
-        if self.deployments is not None:
-            await self.deployments.stop()  # its last GPU time reaches the ledger queue first
+        if self.deployment_runtime is not None:
+            await self.deployment_runtime.stop()  # its last GPU time reaches the ledger queue first
         await self.engines.close()
         self.tokenizers.close()
         await self.money.aclose()
@@ -168,10 +170,12 @@ def build_services(
         settings.tokenizer_account_queue,
     )
     prompt_cap = settings.max_prompt_bytes
-    deployments = build_runtime(
+    deployment_slice = build_deployments(settings, db, clock, money.quotas)
+    runtime = build_runtime(
         settings,
         db,
         clock,
+        deployment_slice.control,
         catalog.resolve,
         recorded,
         money.billing,
@@ -179,9 +183,10 @@ def build_services(
         money.suspension.raise_reason,
         deployment_driver,
     )
-    money.hooks.register(deployments.suspension_hook)
-    models.deployments = deployments.routing
-    engines.deployments = deployments
+    deployment_slice.on_change(runtime.on_change)  # the controller reconciles at once
+    money.hooks.register(runtime.suspension_hook)
+    models.deployments = runtime.routing
+    engines.deployments = runtime
     return Services(
         settings=settings,
         db=db,
@@ -204,6 +209,7 @@ def build_services(
         ),
         money=money,
         tokenizers=tokenizers,
+        deployments=deployment_slice,
         test_clock=test_clock,
-        deployments=deployments,
+        deployment_runtime=runtime,
     )

@@ -124,6 +124,23 @@ class Settings(BaseSettings):
         description="TOML file of models to register in the platform account at start "
         "(docs/api.md, Models); its entries override the bundled catalog.",
     )
+    deployment_shapes_file: Path | None = Field(
+        default=None,
+        description="TOML file of deployment shapes to register in the platform account at "
+        "start (docs/api.md, Deployment shapes); its entries override the bundled ones.",
+    )
+    deployment_min_scale_to_zero_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="The shortest autoscalingPolicy.scaleToZeroWindow a deployment may ask "
+        "for (Fireworks: 5 min); tests lower it to seconds.",
+    )
+    deployment_retention_s: float = Field(
+        default=7 * 86400.0,
+        ge=0,
+        description="How long a deleted deployment can be undeleted before it is purged.",
+    )
     catalog_refresh_s: float = Field(
         default=5.0,
         ge=0,

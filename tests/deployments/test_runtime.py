@@ -75,8 +75,8 @@ def test_requests_reach_the_deployment_by_all_three_names(
 ) -> None:
     pk = insert_deployment(services.db, "acme", "d1", clock.now())
     deployed = place_addon(services, clock, NAME)
-    assert services.deployments is not None
-    controller = services.deployments.controller
+    assert services.deployment_runtime is not None
+    controller = services.deployment_runtime.controller
     controller.poke()
     until(lambda: state_of(services, pk, "READY"), "READY")
     until(lambda: deployed in controller.routes.deployed, "the add-on placed")
@@ -113,18 +113,18 @@ def test_gpu_time_is_billed_from_ready_to_stopped(
     pk = insert_deployment(
         services.db, "acme", "d1", clock.now(), min_replica_count=1, accelerator_count=2
     )
-    assert services.deployments is not None
-    services.deployments.controller.poke()
+    assert services.deployment_runtime is not None
+    services.deployment_runtime.controller.poke()
     until(lambda: state_of(services, pk, "READY", ready=1), "a ready replica")
     assert gpu_rows(services) == []  # booting and ready at this instant: nothing yet
     clock.advance(timedelta(seconds=150))
-    services.deployments.controller.poke()
+    services.deployment_runtime.controller.poke()
     until(lambda: len(gpu_rows(services)) >= 2, "two whole intervals billed while running")
     with services.db.transaction() as session:
         row = session.get(type(read_deployment(services.db, pk)), pk)
         assert row is not None
         row.delete_time = clock.now()
-    services.deployments.controller.poke()
+    services.deployment_runtime.controller.poke()
     until(lambda: state_of(services, pk, "DELETED"), "DELETED")
     until(lambda: sum(r.gpu_milliseconds for r in gpu_rows(services)) == 300_000, "the rest")
     rows = gpu_rows(services)
@@ -137,8 +137,8 @@ def test_a_suspension_scales_to_zero_and_lifting_it_restores(
     services: Services, client: TestClient, clock: FakeClock, acme: dict[str, str]
 ) -> None:
     pk = insert_deployment(services.db, "acme", "d1", clock.now(), min_replica_count=1)
-    assert services.deployments is not None
-    services.deployments.controller.poke()
+    assert services.deployment_runtime is not None
+    services.deployment_runtime.controller.poke()
     until(lambda: state_of(services, pk, "READY", ready=1), "a ready replica")
     suspension = services.limits_suspension
     suspension.raise_reason("acme", "BLOCKED_BY_ABUSE_RULE", "test")

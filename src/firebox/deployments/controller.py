@@ -35,8 +35,8 @@ from anyio import to_thread
 
 from firebox.catalog.index import LoraAdapter, ResolvedModel
 from firebox.clock import Clock
+from firebox.deployments.control import DeploymentControl, Observed
 from firebox.deployments.drivers.base import (
-    AutoscalingTarget,
     DeploymentDriver,
     DeploymentObservation,
     DeploymentTarget,
@@ -44,24 +44,10 @@ from firebox.deployments.drivers.base import (
 )
 from firebox.deployments.metering import GpuMeter, SpendWatch
 from firebox.deployments.models import DeploymentRow, DeploymentState, deployment_name
-from firebox.deployments.runtime_store import Observed, Placed, RuntimeStore
+from firebox.deployments.placement import Placed, PlacementStore
+from firebox.deployments.targets import replicas_override, target_of
 
 log = logging.getLogger("firebox.deployments")
-
-# ``loadTargets.default`` is a 0-1 utilisation; a replica counts as fully used at this
-# many requests in flight. ``loadTargets.concurrent_requests`` names the count directly.
-FULL_REPLICA_REQUESTS = 8
-
-
-def target_ongoing_requests(load_targets: Mapping[str, float] | None) -> float:
-    """Requests in flight per replica that the autoscaler aims at."""
-    targets = dict(load_targets or {})
-    concurrent = targets.get("concurrent_requests")
-    if concurrent is not None and concurrent > 0:
-        return float(concurrent)
-    fraction = targets.get("default", 0.8)
-    return max(float(fraction) * FULL_REPLICA_REQUESTS, 0.1)
-
 
 Resolve = Callable[[str, str], ResolvedModel]
 """``resolve(account_id, model_name)``: the catalog's in-memory lookup (raises if unknown)."""
@@ -80,7 +66,8 @@ class DeploymentController:
 
     def __init__(
         self,
-        store: RuntimeStore,
+        control: DeploymentControl,
+        placement: PlacementStore,
         driver: DeploymentDriver,
         resolve: Resolve,
         clock: Clock,
@@ -91,7 +78,8 @@ class DeploymentController:
         spend_check_s: float = 10.0,
         models_dir: Path | None = None,
     ) -> None:
-        self.store = store
+        self.control = control
+        self.placement = placement
         self.driver = driver
         self._resolve = resolve
         self._clock = clock
@@ -169,7 +157,7 @@ class DeploymentController:
 
     async def reconcile(self) -> None:
         async with self._lock:
-            rows, placed = await to_thread.run_sync(self.store.live)
+            rows, placed = await to_thread.run_sync(self._read)
             targets, failures = self._targets(rows, placed)
             self.routes = Routes(targets, self._deployed(targets, placed))
             await self.driver.apply(list(targets.values()))
@@ -186,6 +174,9 @@ class DeploymentController:
             if self._passed is not None:
                 self._passed.set()
                 self._passed = asyncio.Event()
+
+    def _read(self) -> tuple[list[DeploymentRow], dict[str, list[Placed]]]:
+        return list(self.control.live()), self.placement.placed()
 
     def _targets(
         self, rows: list[DeploymentRow], placed: Mapping[str, list[Placed]]
@@ -210,27 +201,7 @@ class DeploymentController:
                     log.warning("add-on %s on %s is no longer in the catalog", item.addon, name)
                     continue
                 addons.append(self._absolute(addon))
-            fixed = 0 if row.suspended else row.fixed_replicas
-            targets[name] = DeploymentTarget(
-                name=name,
-                account_id=row.account_id,
-                deployment_id=row.deployment_id,
-                base_model=base,
-                addons=tuple(addons),
-                accelerator_type=row.accelerator_type,
-                accelerator_count=row.accelerator_count,
-                autoscaling=AutoscalingTarget(
-                    min_replicas=row.min_replica_count,
-                    max_replicas=max(row.max_replica_count, row.min_replica_count),
-                    scale_up_window_s=row.scale_up_window_s,
-                    scale_down_window_s=row.scale_down_window_s,
-                    scale_to_zero_window_s=row.scale_to_zero_window_s,
-                    target_ongoing_requests=target_ongoing_requests(row.load_targets),
-                ),
-                fixed_replicas=fixed,
-                max_context_length=row.max_context_length,
-                revision=row.revision,
-            )
+            targets[name] = target_of(row, base, tuple(addons))
         return targets, failures
 
     def _absolute(self, addon: ResolvedModel) -> ResolvedModel:
@@ -269,23 +240,18 @@ class DeploymentController:
         for row in rows:
             name = deployment_name(row.account_id, row.deployment_id)
             observed = _observed(row, seen.get(name), failures.get(row.pk))
-            events = _events(row, observed)
-            self.store.write(row.pk, observed, now, events)
-            if observed.state == DeploymentState.READY.value and row.enable_addons:
+            if observed is not None and _differs(row, observed):
+                self.control.record(row.pk, observed)
+            ready = (observed.state if observed else None) or DeploymentState(row.state)
+            if ready is DeploymentState.READY and row.enable_addons:
                 waiting = [p.deployed_model_id for p in placed.get(name, [])]
-                if self.store.mark_placed(row.account_id, waiting):
+                if self.placement.mark_placed(row.account_id, waiting):
                     self.poke()  # route them on the next pass
-        for row in self.store.deleting():
+        for row in self.control.deleting():
             name = deployment_name(row.account_id, row.deployment_id)
             observation = seen.get(name)
-            if observation is not None and observation.replicas:
-                state = DeploymentState.DELETING.value
-            else:
-                state = DeploymentState.DELETED.value
-            observed = Observed(state, "OK", "", 0, 0, 0, 0, 0)
-            if observation is not None:
-                observed = _counts(observed, observation)
-            self.store.write(row.pk, observed, now, _events(row, observed))
+            gone = Observed(state=DeploymentState.DELETED)
+            self.control.record(row.pk, _counts(gone, observation) if observation else gone)
 
 
 def _counts(base: Observed, seen: DeploymentObservation) -> Observed:
@@ -306,27 +272,27 @@ def _counts(base: Observed, seen: DeploymentObservation) -> Observed:
 
 def _observed(
     row: DeploymentRow, seen: DeploymentObservation | None, failure: str | None
-) -> Observed:
-    base = Observed(row.state, "OK", "", 0, row.desired_replica_count, 0, 0, 0)
+) -> Observed | None:
+    """The row's observed columns after this pass; None to leave them (not applied yet)."""
     if failure is not None:
-        return replace(base, state=DeploymentState.FAILED.value, status_code="FAILED_PRECONDITION",
-                       status_message=failure)  # fmt: skip
-    if seen is None:  # not applied yet (a pass is under way)
-        return Observed(row.state, row.status_code, row.status_message, row.replica_count,
-                        row.desired_replica_count, row.pending_replicas,
-                        row.initializing_replicas, row.ready_replicas)  # fmt: skip
-    counted = _counts(base, seen)
+        return Observed(DeploymentState.FAILED, "FAILED_PRECONDITION", failure)
+    if seen is None:
+        return None
+    counted = _counts(Observed(), seen)
     if seen.failure is not None:
-        return replace(counted, state=DeploymentState.FAILED.value, status_code="UNAVAILABLE",
-                       status_message=seen.failure)  # fmt: skip
-    fixed = 0 if row.suspended else row.fixed_replicas
-    needed = fixed if fixed is not None else row.min_replica_count
-    needed = min(needed, counted.desired_replica_count) if fixed is None else needed
-    state = row.state
+        return replace(
+            counted, state=DeploymentState.FAILED, status_code="UNAVAILABLE",
+            status_message=seen.failure,
+        )  # fmt: skip
+    fixed = replicas_override(row)
+    needed = (
+        fixed if fixed is not None else min(row.min_replica_count, counted.desired_replica_count)
+    )
+    state = DeploymentState(row.state)
     if counted.ready_replicas >= needed:
-        state = DeploymentState.READY.value
-    elif state in (DeploymentState.READY.value, DeploymentState.FAILED.value):
-        state = DeploymentState.UPDATING.value
+        state = DeploymentState.READY
+    elif state in (DeploymentState.READY, DeploymentState.FAILED):
+        state = DeploymentState.UPDATING
     message = ""
     if counted.pending_replicas:
         message = f"{counted.pending_replicas} replicas wait for free {row.accelerator_type}"
@@ -335,15 +301,25 @@ def _observed(
     return replace(counted, state=state, status_message=message)
 
 
-def _events(row: DeploymentRow, observed: Observed) -> list[tuple[str, str]]:
-    events = []
-    if observed.state != row.state:
-        detail = f"{row.state} -> {observed.state}"
-        if observed.status_message:
-            detail += f": {observed.status_message}"
-        events.append(("STATE", detail))
-    if observed.desired_replica_count != row.desired_replica_count:
-        events.append(
-            ("SCALE", f"{row.desired_replica_count} -> {observed.desired_replica_count} replicas")
-        )
-    return events
+def _differs(row: DeploymentRow, observed: Observed) -> bool:
+    """Whether writing ``observed`` changes the row (most passes change nothing)."""
+    state = observed.state.value if observed.state is not None else row.state
+    return (
+        state,
+        observed.status_code,
+        observed.status_message,
+        observed.replica_count,
+        observed.desired_replica_count,
+        observed.pending_replicas,
+        observed.initializing_replicas,
+        observed.ready_replicas,
+    ) != (
+        row.state,
+        row.status_code,
+        row.status_message,
+        row.replica_count,
+        row.desired_replica_count,
+        row.pending_replicas,
+        row.initializing_replicas,
+        row.ready_replicas,
+    )

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 
 from firebox.catalog.index import ResolvedModel
 from firebox.clock import Clock
+from firebox.deployments.control import DeploymentControl
 from firebox.deployments.controller import DeploymentController
 from firebox.deployments.drivers.base import DeploymentDriver
 from firebox.deployments.drivers.local import LocalDriver
 from firebox.deployments.metering import GpuMeter, Money, SpendWatch
+from firebox.deployments.placement import PlacementStore
 from firebox.deployments.replica_engines import local_capabilities, local_engine_maker
 from firebox.deployments.routing import DeploymentRouting
-from firebox.deployments.runtime_store import RuntimeStore
 from firebox.inference.engine import TextEngine
 from firebox.inference.metering import UsageSink
 from firebox.money_state import SpendState
@@ -67,7 +68,11 @@ class DeploymentRuntime:
 
     def suspension_hook(self, account_id: str, suspended: bool, reasons: tuple[str, ...]) -> None:
         """``SuspensionHooks`` callback: scale the account's deployments to zero, or back."""
-        changed = self.controller.store.set_suspended(account_id, suspended, self.clock.now())
+        control = self.controller.control
+        if suspended:
+            changed = control.suspend_account(account_id)  # pokes the controller itself
+        else:
+            changed = control.restore_account(account_id)
         if changed:
             log.info(
                 "account %s %s: %d deployments %s",
@@ -76,7 +81,6 @@ class DeploymentRuntime:
                 changed,
                 "scaled to zero" if suspended else "restored",
             )
-            self.controller.poke()
 
     def on_change(self) -> None:
         """Called by the deployments service after each committed write."""
@@ -93,6 +97,7 @@ def build_runtime(
     settings: Settings,
     db: Database,
     clock: Clock,
+    control: DeploymentControl,
     resolve: Callable[[str, str], ResolvedModel],
     usage: UsageSink,
     money: Money | None = None,
@@ -125,7 +130,8 @@ def build_runtime(
 
         watch = SpendWatch(meter, money, cap, raise_it)
     controller = DeploymentController(
-        RuntimeStore(db),
+        control,
+        PlacementStore(db),
         driver,
         resolve,
         clock,
