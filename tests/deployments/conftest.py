@@ -1,4 +1,7 @@
-"""The deployment driver fixture: one list of driver kinds, one factory fixture per kind.
+"""Fixtures of the deployments tests.
+
+Accounts on each plan with member keys (the API tests), and the deployment
+driver fixture: one list of driver kinds, one factory fixture per kind.
 
 The contract suite (``test_driver_contract.py``) asks for ``make_driver``,
 parametrized over ``DRIVERS``. A kind ``k`` is provided by a fixture named
@@ -12,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from firebox.clock import SystemClock
 from firebox.deployments.drivers.base import DeploymentDriver
@@ -23,6 +28,7 @@ from firebox.deployments.drivers.local import LocalDriver
 from firebox.deployments.replica_engines import local_capabilities, local_engine_maker
 from firebox.settings import Settings
 from tests.conftest import OPERATOR_KEY
+from tests.support.api import bearer, create_account, member_key
 
 DRIVERS = ["local"]
 
@@ -83,3 +89,33 @@ def settings(tmp_path: Path) -> Settings:
         deployment_kv_cache_tokens=4096,
         deployment_replica_threads=1,
     )
+
+
+TINY = "accounts/firebox/models/firebox-tiny"
+LORA = "accounts/firebox/models/firebox-tiny-lora"
+
+
+@dataclass
+class Member:
+    account: str
+    headers: dict[str, str]
+
+    @property
+    def base(self) -> str:
+        return f"/v1/accounts/{self.account}/deployments"
+
+
+def make_member(client: TestClient, operator: dict[str, str], account: str, plan: str) -> Member:
+    create_account(client, operator, account, plan=plan)
+    key = member_key(client, operator, account, "dana", "user")
+    return Member(account, bearer(key))
+
+
+@pytest.fixture
+def dev(client: TestClient, operator_headers: dict[str, str]) -> Member:
+    return make_member(client, operator_headers, "dev-co", "DEVELOPER")
+
+
+@pytest.fixture
+def ent(client: TestClient, operator_headers: dict[str, str]) -> Member:
+    return make_member(client, operator_headers, "ent-co", "ENTERPRISE")

@@ -109,8 +109,8 @@ def parse_order(text: str | None) -> list[OrderKey]:
 
 
 def order(records: Sequence[Record], keys: list[OrderKey]) -> list[Record]:
-    """``records`` sorted by ``keys``, then by name (stable, None first)."""
-    result = sorted(records, key=lambda r: str(r["name"]))
+    """``records`` sorted by ``keys``, then in creation order (stable, None first)."""
+    result = sorted(records, key=lambda r: int(r["pk"]))
     for key in reversed(keys):
         result.sort(key=_by(key.field), reverse=key.descending)
     return result

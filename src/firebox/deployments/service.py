@@ -18,37 +18,29 @@ held on delete.
 
 from __future__ import annotations
 
-import secrets
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from pydantic.alias_generators import to_snake
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from firebox.accounts import repository as accounts_repo
 from firebox.accounts.ids import validate_id
 from firebox.accounts.principal import Principal
-from firebox.accounts.roles import Permission, Plan
+from firebox.accounts.roles import Permission
 from firebox.clock import Clock
-from firebox.deployments import listing
+from firebox.deployments import checks, listing
 from firebox.deployments import repository as repo
 from firebox.deployments import spec as specs
-from firebox.deployments.accelerators import allowed_on, quota_of
 from firebox.deployments.base_models import BaseModels
 from firebox.deployments.models import DeploymentRow, DeploymentState, deployment_name
 from firebox.deployments.quota import QuotaClaims, hold, release_all
 from firebox.deployments.schemas import Deployment, DeploymentList, DeploymentSpec
 from firebox.deployments.shapes import ShapeService
 from firebox.deployments.views import record, view
-from firebox.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from firebox.paging import decode_token, encode_token, page_size
+from firebox.errors import FailedPrecondition
+from firebox.paging import encode_token, page_size
 from firebox.store.database import Database
-
-_ID_CHARS = string.ascii_lowercase + string.digits
-_NO_RETRY = {"x-should-retry": "false"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +87,12 @@ class DeploymentService:
     ) -> Deployment:
         """Create a deployment (CREATING); ``validate_only`` checks all and persists nothing."""
         principal.require(account_id, Permission.RESOURCES_WRITE)
-        wanted = _short_id(account_id, deployment_id) if deployment_id else None
+        wanted = checks.short_id(account_id, deployment_id) if deployment_id else None
         if wanted is not None:
             validate_id(wanted, "deployment", "deploymentId")
         try:
             with self._db.transaction() as session:
-                plan = _plan(session, account_id)
+                plan = checks.plan(session, account_id)
                 shape = None
                 if body.deployment_shape and body.deployment_shape != "default":
                     shape = self._shapes.resolve(session, account_id, body.deployment_shape)
@@ -110,8 +102,8 @@ class DeploymentService:
                 if shape is not None:
                     spec = specs.replace_shape(spec, shape.name)
                 spec = self._models.check(session, account_id, spec)
-                _check_plan(spec.accelerator_type, plan)
-                new_id = wanted or _free_id(session, account_id)
+                checks.check_plan(spec.accelerator_type, plan)
+                new_id = wanted or checks.free_id(session, account_id)
                 self._take_id(session, account_id, new_id)
                 now = self._clock.now()
                 row = DeploymentRow(
@@ -145,7 +137,7 @@ class DeploymentService:
         except _ValidateOnly as done:
             return done.answer
         except IntegrityError:  # the same id, created meanwhile by another request
-            raise _exists(account_id, wanted or "") from None
+            raise checks.exists(account_id, wanted or "") from None
         self._changed()
         return answer
 
@@ -153,7 +145,7 @@ class DeploymentService:
 
     def get(self, principal: Principal, account_id: str, deployment_id: str) -> Deployment:
         principal.require(account_id, Permission.RESOURCES_READ)
-        short = _short_id(account_id, deployment_id)
+        short = checks.short_id(account_id, deployment_id)
         with self._db.transaction() as session:
             row = self._found(session, account_id, short, deleted_too=True)
             return view(row, repo.events(session, row.pk, limit=20))
@@ -171,17 +163,17 @@ class DeploymentService:
     ) -> DeploymentList:
         principal.require(account_id, Permission.RESOURCES_READ)
         limit = page_size(size)
-        start = _offset(token)
+        start = checks.offset(token)
         predicate = listing.parse_filter(filter_)
         keys = listing.parse_order(order_by)
         now = self._clock.now()
         with self._db.transaction() as session:
-            _plan(session, account_id)
+            checks.plan(session, account_id)
             rows = repo.all_of_account(session, account_id)
             records = [
                 record(r)
                 for r in rows
-                if (r.delete_time is None or show_deleted) and not _purged(r, now)
+                if (r.delete_time is None or show_deleted) and not checks.purged(r, now)
             ]
             matching = listing.order([r for r in records if predicate(r)], keys)
             page = matching[start : start + limit]
@@ -204,10 +196,10 @@ class DeploymentService:
     ) -> Deployment:
         """PATCH: the fields in ``update_mask``, or else the keys present in the body."""
         principal.require(account_id, Permission.RESOURCES_WRITE)
-        short = _short_id(account_id, deployment_id)
-        paths = _paths(body, update_mask)
+        short = checks.short_id(account_id, deployment_id)
+        paths = checks.paths(body, update_mask)
         with self._db.transaction() as session:
-            plan = _plan(session, account_id)
+            plan = checks.plan(session, account_id)
             row = self._found(session, account_id, short, lock=True)
             current = specs.of_row(row)
             if "base_model" in paths and body.base_model:
@@ -219,7 +211,7 @@ class DeploymentService:
             new = specs.with_changes(current, body, paths, self._settings.bounds)
             if new == current:
                 return view(row)
-            _check_plan(new.accelerator_type, plan)
+            checks.check_plan(new.accelerator_type, plan)
             self._models.check_context(session, account_id, new)
             now = self._clock.now()
             autoscaling = {"min_replica_count", "max_replica_count"} | {
@@ -245,7 +237,7 @@ class DeploymentService:
     ) -> Deployment:
         """Hold ``replica_count`` replicas (an explicit count overrides autoscaling)."""
         principal.require(account_id, Permission.RESOURCES_WRITE)
-        short = _short_id(account_id, deployment_id)
+        short = checks.short_id(account_id, deployment_id)
         with self._db.transaction() as session:
             row = self._found(session, account_id, short, lock=True)
             row.fixed_replicas = replica_count
@@ -266,7 +258,7 @@ class DeploymentService:
     ) -> None:
         """Soft delete (undeletable until ``purgeTime``), or remove at once with ``hard``."""
         principal.require(account_id, Permission.RESOURCES_WRITE)
-        short = _short_id(account_id, deployment_id)
+        short = checks.short_id(account_id, deployment_id)
         with self._db.transaction() as session:
             row = self._found(session, account_id, short, lock=True, deleted_too=hard)
             release_all(self.quotas, session, row)
@@ -285,9 +277,9 @@ class DeploymentService:
     def undelete(self, principal: Principal, account_id: str, deployment_id: str) -> Deployment:
         """Bring back a soft-deleted deployment: its quota is claimed again, then it starts."""
         principal.require(account_id, Permission.RESOURCES_WRITE)
-        short = _short_id(account_id, deployment_id)
+        short = checks.short_id(account_id, deployment_id)
         with self._db.transaction() as session:
-            plan = _plan(session, account_id)
+            plan = checks.plan(session, account_id)
             row = self._found(session, account_id, short, lock=True, deleted_too=True)
             if row.delete_time is None:
                 raise FailedPrecondition(
@@ -295,7 +287,7 @@ class DeploymentService:
                     code="not_deleted",
                 )
             spec = specs.of_row(row)
-            _check_plan(spec.accelerator_type, plan)
+            checks.check_plan(spec.accelerator_type, plan)
             hold(self.quotas, session, row, spec)
             now = self._clock.now()
             row.delete_time = None
@@ -335,11 +327,11 @@ class DeploymentService:
             row = repo.get_for_update(session, account_id, deployment_id)
         else:
             row = repo.get(session, account_id, deployment_id)
-        if row is not None and _purged(row, self._clock.now()):
+        if row is not None and checks.purged(row, self._clock.now()):
             repo.purge(session, row.pk)
             row = None
         if row is None or (row.delete_time is not None and not deleted_too):
-            raise _not_found(account_id, deployment_id, deleted=row is not None)
+            raise checks.not_found(account_id, deployment_id, deleted=row is not None)
         return row
 
     def _take_id(self, session: Session, account_id: str, deployment_id: str) -> None:
@@ -351,121 +343,9 @@ class DeploymentService:
         if existing is None:
             return
         if existing.delete_time is None:
-            raise _exists(account_id, deployment_id)
+            raise checks.exists(account_id, deployment_id)
         repo.purge(session, existing.pk)
         session.flush()
 
 
-def _plan(session: Session, account_id: str) -> Plan:
-    account = accounts_repo.get_account(session, account_id)
-    if account is None:
-        raise NotFound(f"Account {account_id!r} was not found.", code="account_not_found")
-    return Plan(account.plan)
-
-
-def _check_plan(accelerator_type: str, plan: Plan) -> None:
-    if not allowed_on(accelerator_type, plan):
-        raise FailedPrecondition(
-            f"{accelerator_type} accelerators are for Enterprise accounts; this account is on "
-            f"the {plan.value} plan. Deploy on NVIDIA_A100_80GB, or ask the platform operator "
-            "to move the account to Enterprise.",
-            code="plan_required",
-            param="acceleratorType",
-        )
-
-
-def _short_id(account_id: str, deployment_id: str) -> str:
-    """The short id of ``deployment_id``, which may be the full resource name."""
-    if "/" not in deployment_id:
-        return deployment_id
-    parts = deployment_id.split("/")
-    if len(parts) == 4 and parts[0] == "accounts" and parts[2] == "deployments":
-        if parts[1] != account_id:
-            raise _not_found(account_id, deployment_id, deleted=False)
-        return parts[3]
-    raise InvalidArgument(
-        f"{deployment_id!r} is neither a deployment id nor accounts/<account>/deployments/<id>.",
-        code="invalid_id",
-        param="deploymentId",
-    )
-
-
-def _free_id(session: Session, account_id: str) -> str:
-    while True:
-        candidate = "".join(secrets.choice(_ID_CHARS) for _ in range(8))
-        if candidate[0].isalpha() and repo.get(session, account_id, candidate) is None:
-            return candidate
-
-
-def _purged(row: DeploymentRow, now: object) -> bool:
-    return row.purge_time is not None and row.purge_time <= now  # type: ignore[operator]
-
-
-def _offset(token: str | None) -> int:
-    decoded = decode_token(token)
-    if decoded is None:
-        return 0
-    if not decoded.startswith("o") or not decoded[1:].isdigit() or len(decoded) > 12:
-        raise InvalidArgument(
-            "pageToken is not a token this server issued; pass the nextPageToken of the "
-            "previous page, or omit it for the first page.",
-            code="invalid_page_token",
-            param="pageToken",
-        )
-    return int(decoded[1:])
-
-
-def _paths(body: DeploymentSpec, update_mask: str | None) -> set[str]:
-    """The snake_case field paths a PATCH changes."""
-    if update_mask is not None and update_mask.strip():
-        paths: set[str] = set()
-        for raw in update_mask.split(","):
-            path = ".".join(to_snake(p.strip()) for p in raw.split("."))
-            if path == "autoscaling_policy":
-                paths.update(f"autoscaling_policy.{f}" for f in specs.POLICY_FIELDS)
-            elif path in specs.SPEC_FIELDS or (
-                path.startswith("autoscaling_policy.")
-                and path.split(".", 1)[1] in specs.POLICY_FIELDS
-            ):
-                paths.add(path)
-            else:
-                raise InvalidArgument(
-                    f"updateMask names {raw.strip()!r}, which is not a field that can change; "
-                    f"the fields are {', '.join(specs.SPEC_FIELDS)}.",
-                    code="invalid_update_mask",
-                    param="updateMask",
-                )
-        return paths
-    present = set(body.model_fields_set) & set(specs.SPEC_FIELDS)
-    if "autoscaling_policy" in present:
-        present.discard("autoscaling_policy")
-        policy = body.autoscaling_policy
-        fields = policy.model_fields_set if policy is not None else set(specs.POLICY_FIELDS)
-        present.update(f"autoscaling_policy.{f}" for f in fields)
-    return present
-
-
-def _not_found(account_id: str, deployment_id: str, *, deleted: bool) -> NotFound:
-    hint = (
-        " It is deleted: undelete it with POST …/deployments/{id}:undelete, or list it with "
-        "showDeleted=true."
-        if deleted
-        else ""
-    )
-    return NotFound(
-        f"Deployment {deployment_name(account_id, deployment_id)!r} was not found.{hint} "
-        f"List deployments with GET /v1/accounts/{account_id}/deployments.",
-        code="deployment_not_found",
-    )
-
-
-def _exists(account_id: str, deployment_id: str) -> AlreadyExists:
-    return AlreadyExists(
-        f"Deployment {deployment_name(account_id, deployment_id)!r} already exists; choose "
-        "another deploymentId, or change that one with PATCH.",
-        code="deployment_exists",
-        headers=dict(_NO_RETRY),
-    )
-
-
-__all__ = ["DeploymentService", "DeploymentSettings", "quota_of"]
+__all__ = ["DeploymentService", "DeploymentSettings"]

@@ -76,5 +76,6 @@ def record(row: DeploymentRow) -> dict[str, Any]:
         "create_time": row.create_time,
         "update_time": row.update_time,
         "delete_time": row.delete_time,
+        "pk": row.pk,
         "row": row,
     }
