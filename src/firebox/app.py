@@ -35,7 +35,7 @@ def create_app(services: Services) -> FastAPI:
             warm = asyncio.create_task(warm_local_engines(services.catalog, services.engines))
         services.period_job.start()  # month close, invoice retries, credit expiry
         services.money.holds.start()  # reservations of requests a dead process left in flight
-        if services.deployment_runtime is not None:
+        if services.deployment_runtime is not None and services.settings.deployment_controller:
             await (
                 services.deployment_runtime.start()
             )  # reconciles the database's deployments at once

@@ -221,6 +221,11 @@ class Settings(BaseSettings):
         "replica enforces 1/replicas of an account's rate limit.",
     )
 
+    deployment_controller: bool = Field(
+        default=True,
+        description="Run the deployments controller (replicas, autoscaling, GPU metering) in "
+        "this process; off serves the deployments API only.",
+    )
     deployment_capacity: str = Field(
         default="NVIDIA_A100_80GB=8,NVIDIA_H100_80GB=8",
         description="Virtual accelerators of the local deployment driver, TYPE=COUNT by comma: "

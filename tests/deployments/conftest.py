@@ -76,7 +76,11 @@ def make_driver(request: pytest.FixtureRequest) -> DriverFactory:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """The suite's settings with short deployment loops (tests wait on conditions, not time)."""
+    """The suite's settings with short deployment loops (tests wait on conditions, not time).
+
+    The controller stays off here: the API tests play the runtime's part themselves.
+    Runtime tests turn it on (``runtime_settings``).
+    """
     torch.set_num_threads(1)
     return Settings(
         data_dir=tmp_path / "data",
@@ -88,6 +92,7 @@ def settings(tmp_path: Path) -> Settings:
         deployment_tick_s=0.1,
         deployment_kv_cache_tokens=4096,
         deployment_replica_threads=1,
+        deployment_controller=False,
     )
 
 

@@ -14,11 +14,18 @@ from firebox.catalog.deployed_models import DeployedModelRow
 from firebox.catalog.models import ModelRow
 from firebox.clock import FakeClock
 from firebox.services import Services
+from firebox.settings import Settings
 from tests.support.api import bearer, create_account, member_key
 
 from .support import TINY, TINY_LORA, insert_deployment, read_deployment, until
 
 NAME = "accounts/acme/deployments/d1"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The package's settings with the controller running."""
+    return settings.model_copy(update={"deployment_controller": True})
 
 
 @pytest.fixture
