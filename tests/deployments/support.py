@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
+from typing import TypeVar
 
 from firebox.catalog.binding import LocalEngine
 from firebox.catalog.index import LoraAdapter, ResolvedModel
 from firebox.catalog.kinds import ModelKind
 from firebox.deployments.drivers.base import AutoscalingTarget, DeploymentTarget
+from firebox.deployments.models import DeploymentRow
+from firebox.store.database import Database
+
+T = TypeVar("T")
 
 TINY = "accounts/firebox/models/firebox-tiny"
 TINY_LORA = "accounts/firebox/models/firebox-tiny-lora"
@@ -85,3 +93,57 @@ def target(
         max_context_length=None,
         revision=revision,
     )
+
+
+def insert_deployment(
+    db: Database,
+    account_id: str,
+    deployment_id: str,
+    now: datetime,
+    **fields: object,
+) -> int:
+    """A deployment row as the deployments service writes it (its pk)."""
+    values: dict[str, object] = {
+        "base_model": TINY,
+        "accelerator_type": "NVIDIA_A100_80GB",
+        "accelerator_count": 1,
+        "min_replica_count": 0,
+        "max_replica_count": 1,
+        "scale_up_window_s": 0.0,
+        "scale_down_window_s": 1.0,
+        "scale_to_zero_window_s": 600.0,
+        "load_targets": {},
+        "enable_addons": True,
+    }
+    values.update(fields)
+    with db.transaction() as session:
+        row = DeploymentRow(
+            account_id=account_id,
+            deployment_id=deployment_id,
+            create_time=now,
+            update_time=now,
+            **values,
+        )
+        session.add(row)
+        session.flush()
+        return int(row.pk)
+
+
+def read_deployment(db: Database, pk: int) -> DeploymentRow:
+    with db.transaction() as session:
+        row = session.get(DeploymentRow, pk)
+        assert row is not None
+        session.expunge_all()
+    return row
+
+
+def until(check: Callable[[], T | None], what: str, timeout_s: float = 180.0) -> T:
+    """Poll ``check`` until it returns something truthy (a generous deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -56,9 +56,7 @@ async def collect(events: AsyncIterator[GenerationEvent]) -> list[GenerationEven
     return [event async for event in events]
 
 
-async def until(
-    driver: DeploymentDriver, check: Callable[[Seen], bool], what: str
-) -> Seen:
+async def until(driver: DeploymentDriver, check: Callable[[Seen], bool], what: str) -> Seen:
     """Observe until ``check`` holds (a generous deadline, never a fixed sleep)."""
     deadline = time.monotonic() + DEADLINE_S
     while True:

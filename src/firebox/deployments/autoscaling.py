@@ -77,7 +77,9 @@ def decide(
         if load > 0:  # wake: a request waits for a replica
             return Decision(max(wanted(policy, load), 1), ScalerState(), "wake")
         floor = policy.min_replicas
-        return Decision(floor, ScalerState(idle_since=idle_since), "scale_up" if floor else "steady")
+        return Decision(
+            floor, ScalerState(idle_since=idle_since), "scale_up" if floor else "steady"
+        )
     ask = wanted(policy, load)
     if ask == 0:
         # Idle: keep the floor of one until the scale-to-zero window has passed.
@@ -94,5 +96,7 @@ def decide(
         down_since = state.down_since if state.down_since is not None else now
         if now - down_since >= policy.scale_down_window_s:
             return Decision(ask, ScalerState(idle_since=idle_since), "scale_down")
-        return Decision(current, ScalerState(down_since=down_since, idle_since=idle_since), "steady")
+        return Decision(
+            current, ScalerState(down_since=down_since, idle_since=idle_since), "steady"
+        )
     return Decision(current, ScalerState(idle_since=idle_since), "steady")

@@ -148,7 +148,9 @@ class GpuMeter:
         """Charge every open replica up to ``now`` as stopped (the driver stopped them all)."""
         return self.observe({}, {}, now)
 
-    def _charge(self, replica_id: str, entry: _Open, now: datetime, final: bool) -> list[UsageRecord]:
+    def _charge(
+        self, replica_id: str, entry: _Open, now: datetime, final: bool
+    ) -> list[UsageRecord]:
         records = []
         start = entry.billed_until
         while start < now:

@@ -28,6 +28,16 @@ def live(session: Session) -> Sequence[DeploymentRow]:
     return session.scalars(query).all()
 
 
+def deleting(session: Session) -> Sequence[DeploymentRow]:
+    """Deleted deployments not yet marked DELETED: their replicas may still be stopping."""
+    query = (
+        select(DeploymentRow)
+        .where(DeploymentRow.delete_time.is_not(None), DeploymentRow.state != "DELETED")
+        .order_by(DeploymentRow.pk)
+    )
+    return session.scalars(query).all()
+
+
 def live_of_account(session: Session, account_id: str) -> Sequence[DeploymentRow]:
     """The account's deployments not deleted, oldest first."""
     query = (
@@ -90,6 +100,16 @@ def get_for_update(session: Session, account_id: str, deployment_id: str) -> Dep
         )
         .execution_options(populate_existing=True)
     )
+
+
+def all_of_account(session: Session, account_id: str) -> Sequence[DeploymentRow]:
+    """Every deployment of the account, deleted ones too (oldest first)."""
+    query = (
+        select(DeploymentRow)
+        .where(DeploymentRow.account_id == account_id)
+        .order_by(DeploymentRow.pk)
+    )
+    return session.scalars(query).all()
 
 
 def events(session: Session, deployment_pk: int, limit: int = 100) -> Sequence[DeploymentEventRow]:

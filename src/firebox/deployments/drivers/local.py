@@ -360,7 +360,9 @@ class LocalDriver:
                 if addon.adapter is None or addon.adapter.path is None:
                     continue
                 try:
-                    register(addon.adapter.upstream_adapter or addon.adapter.name, addon.adapter.path)
+                    register(
+                        addon.adapter.upstream_adapter or addon.adapter.name, addon.adapter.path
+                    )
                 except (OSError, ValueError):
                     log.exception("replica %s cannot load %s", replica.replica_id, addon.name)
 
@@ -447,6 +449,10 @@ class _DeploymentEngine:
     @property
     def capabilities(self) -> EngineCapabilities:
         return self._driver.capabilities_of(self._name)
+
+    @capabilities.setter
+    def capabilities(self, value: EngineCapabilities) -> None:
+        raise AttributeError("a deployment's capabilities are its replicas'")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         dep, replica = await self._driver.acquire(self._name)
