@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from firebox.clock import Clock, SystemClock
 from firebox.deployments.drivers.base import (
     DeploymentObservation,
     DeploymentTarget,
@@ -225,9 +226,11 @@ class RayServeDriver:
         max_in_flight: int = 256,
         request_timeout_s: float = 300.0,
         reapply_s: float = 60.0,
+        clock: Clock | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.dashboard = dashboard
+        self._clock = clock or SystemClock()
         self.options = options
         self._serve_url = serve_url.rstrip("/")
         self._max_in_flight = max_in_flight
@@ -268,7 +271,7 @@ class RayServeDriver:
 
     async def observe(self) -> Mapping[str, DeploymentObservation]:
         details = await self.dashboard.serve_details()
-        now = datetime.now(UTC)
+        now = self._clock.now()
         found: dict[str, DeploymentObservation] = {}
         live: set[str] = set()
         for app in (details.get("applications") or {}).values():
@@ -369,12 +372,14 @@ class RayServeDriver:
         app_status = str(app.get("status") or "")
         if app_status == "DEPLOY_FAILED" or deployment.get("status") == "DEPLOY_FAILED":
             failure = str(deployment.get("message") or app.get("message") or app_status)
-        extra = {"serveStatus": app_status}
-        message = str(deployment.get("message") or "")
-        if _SCHEDULING_HINT in message:
-            extra["pending"] = message
+        extra = {"serve_status": app_status}
         if deployment.get("target_num_replicas") is not None:
-            extra["targetReplicas"] = str(deployment["target_num_replicas"])
+            extra["desired_replicas"] = str(deployment["target_num_replicas"])
+        message = str(deployment.get("message") or "")
+        if _SCHEDULING_HINT in message:  # replicas wait for free accelerators
+            starting = sum(1 for r in replicas if r.state is ReplicaState.STARTING)
+            extra["pending_replicas"] = str(starting)
+            extra["pending"] = message
         return DeploymentObservation(
             name,
             replicas=tuple(replicas),
