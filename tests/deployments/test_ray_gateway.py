@@ -84,8 +84,10 @@ def test_a_deployment_on_ray_serves_all_names_and_bills_gpu_time(
         )
     runtime.controller.poke()
     until(
-        lambda: read_deployment(services.db, pk).state == "READY"
-        and read_deployment(services.db, pk).ready_replicas == 1,
+        lambda: (
+            read_deployment(services.db, pk).state == "READY"
+            and read_deployment(services.db, pk).ready_replicas == 1
+        ),
         "READY with its replica on Ray",
     )
     deployed = "accounts/acme/deployedModels/upper"
