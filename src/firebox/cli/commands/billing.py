@@ -321,7 +321,7 @@ def get_usage(
     if by is GroupBy.DEPLOYMENT:
         for group in groups:
             group["key"] = group.get("key") or "(serverless)"
-    columns = (Column(by.value.upper(), "key"), *USAGE_COLUMNS[1:])
+    columns: tuple[Column, ...] = (Column(by.value.upper(), "key"), *USAGE_COLUMNS[1:])
     if by is GroupBy.DEPLOYMENT or any(group.get("gpuSeconds") for group in groups):
         columns = (*columns[:-1], GPU_COLUMN, columns[-1])
     printer.listing(groups, columns, field="groups")
