@@ -22,6 +22,7 @@ from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.deployments.drivers.base import DeploymentDriver
+from firebox.deployments.placement import PlacementRules
 from firebox.deployments.runtime import DeploymentRuntime, build_runtime
 from firebox.deployments.wiring import DeploymentSlice, build_deployments
 from firebox.inference.embeddings import EmbeddingService
@@ -186,6 +187,7 @@ def build_services(
     deployment_slice.on_change(runtime.on_change)  # the controller reconciles at once
     money.hooks.register(runtime.suspension_hook)
     models.deployments = runtime.routing
+    catalog.deployed_models.placements = PlacementRules(runtime.on_change)
     engines.deployments = runtime
     return Services(
         settings=settings,

@@ -178,7 +178,7 @@ class GpuMeter:
         return UsageRecord(
             request_id=f"gpu:{replica_id}:{key}",
             account_id=deployment.account_id,
-            model=deployment.base_model,
+            model=deployment.name,  # invoices and usage by model show each deployment's GPU time
             base_model=deployment.base_model,
             kind="deployment",
             time=start,

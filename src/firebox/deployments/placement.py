@@ -9,13 +9,17 @@ deployment runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from firebox.catalog.deployed_models import DeployedModelRow, DeployedState
 from firebox.catalog.models import ModelRow
+from firebox.deployments import repository as repo
+from firebox.deployments.models import deployment_name
+from firebox.errors import FailedPrecondition, InvalidArgument, NotFound
 from firebox.store.database import Database
 
 
@@ -71,3 +75,42 @@ class PlacementStore:
                 row.state = DeployedState.DEPLOYED.value
                 changed += 1
         return changed
+
+
+class PlacementRules:
+    """``catalog.deployed_service.Placements``: may this add-on go onto that deployment?"""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self._changed = changed
+
+    def check(self, session: Session, account_id: str, deployment: str, base_model: str) -> str:
+        """The deployment's full name, if it is the account's, live, takes add-ons of this base."""
+        short = deployment.rpartition("/deployments/")[2] if "/" in deployment else deployment
+        owner = deployment.split("/")[1] if deployment.startswith("accounts/") else account_id
+        row = repo.get(session, owner, short) if owner == account_id else None
+        if row is None or row.delete_time is not None:
+            raise NotFound(
+                f"Deployment {deployment!r} was not found in account {account_id!r}. List "
+                f"them with GET /v1/accounts/{account_id}/deployments.",
+                code="deployment_not_found",
+                param="deployment",
+            )
+        name = deployment_name(row.account_id, row.deployment_id)
+        if not row.enable_addons:
+            raise FailedPrecondition(
+                f"Deployment {name} does not take add-ons; update it with enableAddons: true "
+                "first.",
+                code="addons_not_enabled",
+                param="deployment",
+            )
+        if row.base_model != base_model:
+            raise InvalidArgument(
+                f"The add-on's base model is {base_model}, but {name} serves {row.base_model}; "
+                "load it onto a deployment of its base.",
+                code="base_model_mismatch",
+                param="deployment",
+            )
+        return name
+
+    def changed(self) -> None:
+        self._changed()
