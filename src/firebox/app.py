@@ -14,6 +14,7 @@ from firebox.billing import admin_endpoints as billing_admin
 from firebox.billing import endpoints as billing_endpoints
 from firebox.catalog.deployed_endpoints import router as deployed_models_router
 from firebox.catalog.endpoints import router as catalog_router
+from firebox.deployments import endpoints as deployments_endpoints
 from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
 from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -36,6 +37,10 @@ def create_app(services: Services) -> FastAPI:
             warm = asyncio.create_task(warm_local_engines(services.catalog, services.engines))
         services.period_job.start()  # month close, invoice retries, credit expiry
         services.money.holds.start()  # reservations of requests a dead process left in flight
+        if services.deployment_runtime is not None and services.settings.deployment_controller:
+            await (
+                services.deployment_runtime.start()
+            )  # reconciles the database's deployments at once
         yield
         if warm is not None:
             warm.cancel()
@@ -57,6 +62,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(accounts_router)
     app.include_router(catalog_router)
     app.include_router(deployed_models_router)
+    app.include_router(deployments_endpoints.build_router())
     app.include_router(billing_endpoints.build_router())
     app.include_router(billing_admin.build_router())
     app.include_router(limits_endpoints.build_router())

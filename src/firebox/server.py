@@ -35,6 +35,7 @@ def initialize(services: Services) -> BootstrapResult:
         with_demo=settings.bootstrap_demo,
     )
     preload(services.catalog, settings.catalog_file)  # raises CatalogFileError on a bad entry
+    services.deployments.shapes.preload(settings.deployment_shapes_file)  # ShapesFileError
     for name in result.created:
         if name.startswith("accounts/"):
             services.billing.open_account(name.split()[0].removeprefix("accounts/"))

@@ -21,6 +21,10 @@ from firebox.billing.period import PeriodCloseJob, PeriodCloser
 from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
+from firebox.deployments.drivers.base import DeploymentDriver
+from firebox.deployments.placement import PlacementRules
+from firebox.deployments.runtime import DeploymentRuntime, build_runtime
+from firebox.deployments.wiring import DeploymentSlice, build_deployments
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
 from firebox.inference.models import ModelResolver
@@ -30,6 +34,7 @@ from firebox.inference.tokenizer_pool import TokenizerPool
 from firebox.limits.audit import AuditLogService
 from firebox.limits.plans import PlanLimits
 from firebox.limits.quotas import QuotaService
+from firebox.limits.spend_guard import spend_cap
 from firebox.limits.suspension import SuspensionService
 from firebox.money_wiring import MoneyServices, build_money
 from firebox.settings import Settings
@@ -61,7 +66,9 @@ class Services:
     money: MoneyServices
     tokenizers: TokenizerPool
     storage: Storage
+    deployments: DeploymentSlice
     test_clock: OffsetClock | None = None
+    deployment_runtime: DeploymentRuntime | None = None
 
     @property
     def billing(self) -> BillingService:
@@ -97,6 +104,8 @@ class Services:
 
     async def aclose(self) -> None:
         """Stop engines, then release connections (called at app shutdown)."""
+        if self.deployment_runtime is not None:
+            await self.deployment_runtime.stop()  # its last GPU time reaches the ledger queue first
         await self.engines.close()
         self.tokenizers.close()
         await self.money.aclose()
@@ -116,6 +125,7 @@ def build_services(
     clock: Clock | None = None,
     engine_factory: EngineFactory | None = None,
     usage: UsageSink | None = None,
+    deployment_driver: DeploymentDriver | None = None,
 ) -> Services:
     """Wire the services for ``settings``; tests may inject the db, clock, engines and sink.
 
@@ -163,6 +173,24 @@ def build_services(
         settings.tokenizer_account_queue,
     )
     prompt_cap = settings.max_prompt_bytes
+    deployment_slice = build_deployments(settings, db, clock, money.quotas)
+    runtime = build_runtime(
+        settings,
+        db,
+        clock,
+        deployment_slice.control,
+        catalog.resolve,
+        recorded,
+        money.billing,
+        spend_cap,
+        money.suspension.raise_reason,
+        deployment_driver,
+    )
+    deployment_slice.on_change(runtime.on_change)  # the controller reconciles at once
+    money.hooks.register(runtime.suspension_hook)
+    models.deployments = runtime.routing
+    catalog.deployed_models.placements = PlacementRules(runtime.on_change)
+    engines.deployments = runtime
     return Services(
         settings=settings,
         db=db,
@@ -186,5 +214,7 @@ def build_services(
         money=money,
         tokenizers=tokenizers,
         storage=build_storage(settings, clock),
+        deployments=deployment_slice,
         test_clock=test_clock,
+        deployment_runtime=runtime,
     )

@@ -124,6 +124,23 @@ class Settings(BaseSettings):
         description="TOML file of models to register in the platform account at start "
         "(docs/api.md, Models); its entries override the bundled catalog.",
     )
+    deployment_shapes_file: Path | None = Field(
+        default=None,
+        description="TOML file of deployment shapes to register in the platform account at "
+        "start (docs/api.md, Deployment shapes); its entries override the bundled ones.",
+    )
+    deployment_min_scale_to_zero_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="The shortest autoscalingPolicy.scaleToZeroWindow a deployment may ask "
+        "for (Fireworks: 5 min); tests lower it to seconds.",
+    )
+    deployment_retention_s: float = Field(
+        default=7 * 86400.0,
+        ge=0,
+        description="How long a deleted deployment can be undeleted before it is purged.",
+    )
     catalog_refresh_s: float = Field(
         default=5.0,
         ge=0,
@@ -227,6 +244,90 @@ class Settings(BaseSettings):
         ge=1,
         description="How many gateway replicas share the limits; without Redis each "
         "replica enforces 1/replicas of an account's rate limit.",
+    )
+
+    deployment_controller: bool = Field(
+        default=True,
+        description="Run the deployments controller (replicas, autoscaling, GPU metering) in "
+        "this process; off serves the deployments API only.",
+    )
+    deployment_capacity: str = Field(
+        default="NVIDIA_A100_80GB=8,NVIDIA_H100_80GB=8",
+        description="Virtual accelerators of the local deployment driver, TYPE=COUNT by comma: "
+        "replicas are placed only while their type has room (quota-checked and billed "
+        "like real ones).",
+    )
+    deployment_reconcile_interval_s: float = Field(
+        default=2.0, gt=0, le=300, description="How often deployments are reconciled."
+    )
+    deployment_meter_interval_s: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="GPU time is written to the ledger per this many seconds (divides an hour).",
+    )
+    deployment_tick_s: float = Field(
+        default=0.5, gt=0, le=60, description="The local driver's autoscaling tick."
+    )
+    deployment_queue_limit: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Requests that may wait for a replica of one deployment (a cold start); "
+        "more get a 503 with Retry-After.",
+    )
+    deployment_wake_timeout_s: float = Field(
+        default=300.0, gt=0, le=3600, description="How long a request waits for a cold start."
+    )
+    deployment_kv_cache_tokens: int = Field(
+        default=16_384, ge=256, description="KV cache of one local replica, in tokens."
+    )
+    deployment_replica_threads: int | None = Field(
+        default=None, ge=1, description="Torch CPU threads of one local replica (default: torch's)."
+    )
+    deployment_driver: Literal["local", "ray_serve"] = Field(
+        default="local",
+        description="What runs deployment replicas: the embedded local driver (one node), or "
+        "Ray Serve on a Ray cluster (FIREBOX_RAY_*; docs/operations.md).",
+    )
+    ray_dashboard_url: str = Field(
+        default="http://127.0.0.1:8265",
+        description="The Ray head's dashboard (Serve REST API) the Ray Serve driver applies to.",
+    )
+    ray_token: str | None = Field(
+        default=None,
+        description="Ray's authentication token (RAY_AUTH_MODE=token, Ray 2.60's default).",
+    )
+    ray_serve_url: str | None = Field(
+        default=None,
+        description="Where the gateway reaches the Serve proxy; default: the dashboard's host "
+        "at FIREBOX_RAY_SERVE_PORT.",
+    )
+    ray_serve_host: str = Field(
+        default="0.0.0.0", description="Where the Serve proxy listens on the Ray nodes."
+    )
+    ray_serve_port: int = Field(
+        default=8001, ge=1, le=65535, description="The Serve proxy's port on the Ray nodes."
+    )
+    ray_proxy_location: Literal["HeadOnly", "EveryNode"] = Field(
+        default="HeadOnly", description="Serve proxies on the head node only, or on every node."
+    )
+    ray_engine: Literal["firebox", "vllm"] = Field(
+        default="firebox",
+        description="What a Ray replica runs: Firebox's local engine, or vLLM (installed on "
+        "the GPU nodes).",
+    )
+    ray_models_dir: str | None = Field(
+        default=None,
+        description="The models folder as the Ray nodes see it; default: FIREBOX_MODELS_DIR.",
+    )
+    ray_accelerators: str = Field(
+        default="",
+        description="Ray accelerator_type names of accelerator types, TYPE=RAYNAME by comma "
+        "(e.g. NVIDIA_A100_80GB=A100-80G); the built-in table covers the usual ones.",
+    )
+    ray_max_ongoing_requests: int = Field(
+        default=16, ge=1, le=100_000, description="Requests one Ray replica runs at once."
     )
 
     @model_validator(mode="after")

@@ -142,9 +142,9 @@ def test_what_can_be_loaded(
     deployment = load(
         client, members.acme_user, "acme", ACME_ADDON, deployment="accounts/acme/deployments/d1"
     )
-    error = error_of(deployment, 400)
-    assert (error["code"], error["param"]) == ("deployment_not_supported", "deployment")
-    assert "serverless" in error["message"]
+    # Add-ons load onto the account's own deployments (tests/deployments/test_placement.py).
+    error = error_of(deployment, 404)
+    assert (error["code"], error["param"]) == ("deployment_not_found", "deployment")
     merged = client.post(
         "/v1/accounts/acme/deployedModels?replaceMergedAddon=true",
         json={"model": ACME_ADDON},

@@ -58,11 +58,14 @@ def test_0005_recounts_the_deployed_models_quota(database: Database) -> None:
             )
             session.add(model)
             session.flush()
-            session.add(
-                DeployedModelRow(
+            # Core, naming the columns of 0004 (the model has columns added since).
+            session.execute(
+                DeployedModelRow.__table__.insert().values(
                     account_id="acme",
                     deployed_model_id=name,
                     model_pk=model.pk,
+                    display_name="",
+                    description="",
                     state="DEPLOYED",
                     create_time=now,
                     update_time=now,

@@ -26,7 +26,7 @@ from firebox.billing.models import (
     UsageRecordRow,
 )
 
-GroupBy = Literal["model", "day", "kind"]
+GroupBy = Literal["model", "day", "kind", "deployment"]
 
 
 def get_account(session: Session, account_id: str) -> AccountRow | None:
@@ -146,11 +146,12 @@ def _day(column: Any, dialect: str) -> ColumnElement[Any]:
 
 def usage_groups(
     session: Session, account_id: str, start: datetime, end: datetime, group_by: GroupBy
-) -> list[tuple[str, int, int, int, int, int, int]]:
+) -> list[tuple[str, int, int, int, int, int, int, int]]:
     """Sums of usage records in [start, end) per group, ordered by group key.
 
     Each row: (key, requests, prompt_tokens, cached_prompt_tokens,
-    completion_tokens, amount_micros, credit_applied_micros).
+    completion_tokens, amount_micros, credit_applied_micros, gpu_milliseconds).
+    By deployment, usage on no deployment (serverless) has the key "".
     """
     r = UsageRecordRow
     key: Any
@@ -158,6 +159,8 @@ def usage_groups(
         key = r.model
     elif group_by == "kind":
         key = r.kind
+    elif group_by == "deployment":
+        key = func.coalesce(r.deployment, literal_column("''"))
     else:
         key = _day(r.time, session.get_bind().dialect.name)
     labelled = key.label("key")
@@ -170,12 +173,22 @@ def usage_groups(
             func.coalesce(func.sum(r.completion_tokens), 0),
             func.coalesce(func.sum(r.amount_micros), 0),
             func.coalesce(func.sum(r.credit_applied_micros), 0),
+            func.coalesce(func.sum(r.gpu_milliseconds), 0),
         )
         .where(r.account_id == account_id, r.time >= start, r.time < end)
         .group_by(labelled)
         .order_by(labelled)
     )
     return [
-        (str(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), int(row[5]), int(row[6]))
+        (
+            str(row[0]),
+            int(row[1]),
+            int(row[2]),
+            int(row[3]),
+            int(row[4]),
+            int(row[5]),
+            int(row[6]),
+            int(row[7]),
+        )
         for row in session.execute(query).all()
     ]

@@ -104,6 +104,7 @@ class UsageGroup(WireModel):
     total_tokens: int
     amount: str
     credit_applied: str
+    gpu_seconds: float = 0.0  # on-demand deployments: GPUs x seconds
 
     @classmethod
     def of(cls, group: UsageGroupData) -> UsageGroup:
@@ -116,11 +117,12 @@ class UsageGroup(WireModel):
             total_tokens=group.total_tokens,
             amount=format_usd(group.amount_micros),
             credit_applied=format_usd(group.credit_applied_micros),
+            gpu_seconds=group.gpu_milliseconds / 1000,
         )
 
 
 class Usage(WireModel):
-    """Usage in [startTime, endTime) grouped by model, UTC day or kind."""
+    """Usage in [startTime, endTime) grouped by model, UTC day, kind or deployment."""
 
     start_time: datetime
     end_time: datetime

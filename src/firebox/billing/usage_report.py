@@ -31,6 +31,7 @@ class UsageGroup:
     completion_tokens: int
     amount_micros: int  # what the usage cost, credits included
     credit_applied_micros: int  # how much of it credits paid
+    gpu_milliseconds: int = 0  # on-demand deployments: GPU time (GPUs x time)
 
     @property
     def total_tokens(self) -> int:
@@ -51,7 +52,7 @@ def validate_range(start: datetime, end: datetime, group_by: str) -> GroupBy:
     """Check a report's range and grouping; returns the grouping, typed."""
     if group_by not in get_args(GroupBy):
         raise InvalidArgument(
-            f"Invalid groupBy {group_by!r}: use model, day or kind.",
+            f"Invalid groupBy {group_by!r}: use model, day, kind or deployment.",
             code="invalid_group_by",
             param="groupBy",
         )
@@ -74,8 +75,8 @@ def usage_report(
     session: Session, account_id: str, start: datetime, end: datetime, group_by: GroupBy
 ) -> UsageReport:
     groups = [
-        UsageGroup(key, requests, prompt, cached, completion, amount, credit)
-        for key, requests, prompt, cached, completion, amount, credit in repo.usage_groups(
+        UsageGroup(key, requests, prompt, cached, completion, amount, credit, gpu)
+        for key, requests, prompt, cached, completion, amount, credit, gpu in repo.usage_groups(
             session, account_id, start, end, group_by
         )
     ]
@@ -87,5 +88,6 @@ def usage_report(
         completion_tokens=sum(g.completion_tokens for g in groups),
         amount_micros=sum(g.amount_micros for g in groups),
         credit_applied_micros=sum(g.credit_applied_micros for g in groups),
+        gpu_milliseconds=sum(g.gpu_milliseconds for g in groups),
     )
     return UsageReport(account_id, start, end, group_by, groups, total)

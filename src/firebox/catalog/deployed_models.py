@@ -46,6 +46,8 @@ class DeployedModelRow(Base):
     display_name: Mapped[str] = mapped_column(String(64), default="")
     description: Mapped[str] = mapped_column(String(1000), default="")
     state: Mapped[str] = mapped_column(String(16), default=DeployedState.DEPLOYING.value)
+    # The on-demand deployment serving it (accounts/{a}/deployments/{d}); NULL: serverless.
+    deployment: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -123,11 +123,17 @@ def remove(session: Session, pk: int) -> bool:
 
 
 def serving_pairs(session: Session) -> frozenset[tuple[str, str]]:
-    """``(account, add-on full name)`` of every add-on loaded for serving: the index's input."""
+    """``(account, add-on full name)`` of every add-on loaded for serverless serving.
+
+    The index's input; add-ons placed on an on-demand deployment serve there only.
+    """
     query = (
         select(DeployedModelRow.account_id, ModelRow.account_id, ModelRow.model_id)
         .join(ModelRow, ModelRow.pk == DeployedModelRow.model_pk)
-        .where(DeployedModelRow.state == DeployedState.DEPLOYED.value)
+        .where(
+            DeployedModelRow.state == DeployedState.DEPLOYED.value,
+            DeployedModelRow.deployment.is_(None),
+        )
     )
     return frozenset(
         (account, model_name(owner, model)) for account, owner, model in session.execute(query)

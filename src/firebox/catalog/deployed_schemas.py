@@ -1,8 +1,8 @@
 """Wire models of deployed models, shaped as the ``fireworks-ai`` SDK's ``lora`` resource.
 
-The SDK's ``DeployedModel`` fields throughout. Firebox serves LoRA add-ons
-serverless, so ``serverless`` and ``default`` are always true in answers and
-``deployment`` is always empty.
+The SDK's ``DeployedModel`` fields throughout. An add-on is served
+serverless (``deployment`` empty, ``serverless`` true) or on one on-demand
+deployment (``deployment`` its name, ``serverless`` false).
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class DeployedModel(WireModel):
             display_name=row.display_name,
             description=row.description,
             state=DeployedState(row.state),
+            deployment=row.deployment,
+            serverless=row.deployment is None,
             public=public,
             create_time=row.create_time,
             update_time=row.update_time,

@@ -68,6 +68,20 @@ class QuotaClaims(Protocol):
     ) -> None: ...
 
 
+class Placements(Protocol):
+    """The deployments slice's rules for loading an add-on onto a deployment.
+
+    ``check`` runs in our transaction and returns the deployment's full name,
+    or raises (a 404 for a deployment not in the account, a 400 when it does
+    not take add-ons or serves another base); ``changed`` is called after a
+    placement was written or removed, so the runtime reconciles at once.
+    """
+
+    def check(self, session: Session, account_id: str, deployment: str, base_model: str) -> str: ...
+
+    def changed(self) -> None: ...
+
+
 DEPLOYED_MODELS_QUOTA = "deployed-models"
 
 
@@ -85,6 +99,7 @@ class DeployedModelService:
         self._clock = clock
         self._rebuild_index = rebuild_index
         self.quotas = quotas  # set by services.py once the limits slice exists
+        self.placements: Placements | None = None  # set by services.py (deployments slice)
 
     # -- load and unload -------------------------------------------------------
 
@@ -99,8 +114,14 @@ class DeployedModelService:
     ) -> DeployedModel:
         """Load the add-on ``spec.model`` for serving in ``account_id``."""
         principal.require(account_id, Permission.RESOURCES_WRITE)
-        _refuse_deployment(spec.deployment, replace_merged_addon)
+        _refuse_deployment(
+            spec.deployment if self.placements is None else None, replace_merged_addon
+        )
         pk, addon = await to_thread.run_sync(self._insert, account_id, spec)
+        if spec.deployment:  # served by the deployment's replicas: the runtime marks it DEPLOYED
+            assert self.placements is not None
+            self.placements.changed()
+            return await to_thread.run_sync(self._view_of, pk)
         try:
             await hooks.load_adapter(addon)
         except BaseException:
@@ -117,6 +138,9 @@ class DeployedModelService:
         pk, addon, last, before = await to_thread.run_sync(
             self._begin_unload, account_id, deployed_model_id
         )
+        placed = before is DeployedState.DEPLOYED and self._placed(pk)
+        if placed:
+            last = False  # the deployment's replicas drop it; no serverless engine holds it
         if last:
             try:
                 await hooks.unload_adapter(addon)
@@ -126,6 +150,8 @@ class DeployedModelService:
                 raise
         if not await to_thread.run_sync(self._forget, pk):
             raise _deployed_not_found(account_id, deployed_model_id)  # unloaded meanwhile
+        if self.placements is not None:
+            self.placements.changed()
 
     # -- read and change -------------------------------------------------------
 
@@ -157,9 +183,8 @@ class DeployedModelService:
         deployed_model_id: str,
         spec: DeployedModelSpec,
     ) -> DeployedModel:
-        """Change the display name or description; what is loaded cannot change."""
+        """Change the display name or description; what is loaded (and where) cannot change."""
         principal.require(account_id, Permission.RESOURCES_WRITE)
-        _refuse_deployment(spec.deployment, False)
         fields = spec.model_fields_set
         with self._db.transaction() as session:
             row = self._found(session, account_id, deployed_model_id, lock=True)
@@ -176,6 +201,14 @@ class DeployedModelService:
                         param="model",
                     )
             _check_public(spec.public, account_id, addon)
+            placed_on = (row.deployment or "").rpartition("/")[2]
+            if spec.deployment is not None and spec.deployment.rpartition("/")[2] != placed_on:
+                raise InvalidArgument(
+                    "Where a deployed model is served cannot change; unload it and load "
+                    "it onto the other deployment.",
+                    code="deployment_immutable",
+                    param="deployment",
+                )
             if "display_name" in fields:
                 row.display_name = spec.display_name or addon.display_name
             if "description" in fields:
@@ -243,9 +276,16 @@ class DeployedModelService:
                 if existing is not None:
                     raise _already_loaded(resolved.name, existing)
                 _check_public(spec.public, account_id, addon)
+                deployment = None
+                if spec.deployment:
+                    assert self.placements is not None and resolved.base_model is not None
+                    deployment = self.placements.check(
+                        session, account_id, spec.deployment, resolved.base_model
+                    )
                 if self.quotas is not None:
                     self.quotas.claim(session, account_id, DEPLOYED_MODELS_QUOTA)
                 row = self._new_row(session, account_id, addon, spec)
+                row.deployment = deployment
                 session.add(row)
                 session.flush()
                 pk = row.pk
@@ -279,6 +319,18 @@ class DeployedModelService:
             resolved = resolve_row(addon, self._base_of(session, addon))
         self._rebuild_index()
         return pk, resolved, last, before
+
+    def _placed(self, pk: int) -> bool:
+        with self._db.transaction() as session:
+            row = deployed_repo.get_by_pk(session, pk)
+            return row is not None and row.deployment is not None
+
+    def _view_of(self, pk: int) -> DeployedModel:
+        with self._db.transaction() as session:
+            row = deployed_repo.get_by_pk(session, pk)
+            if row is None:  # unloaded meanwhile
+                raise NotFound("The deployed model was unloaded meanwhile.", code="not_found")
+            return _view(row, self._addon_row(session, row))
 
     def _set_state(self, pk: int, state: DeployedState) -> DeployedModel:
         with self._db.transaction() as session:
@@ -396,6 +448,7 @@ def _check_public(public: bool | None, account_id: str, addon: ModelRow) -> None
 
 
 def _refuse_deployment(deployment: str | None, replace_merged_addon: bool) -> None:
+    """Without the deployments slice, add-ons are served serverless only."""
     if deployment or replace_merged_addon:
         param = "deployment" if deployment else "replaceMergedAddon"
         raise InvalidArgument(

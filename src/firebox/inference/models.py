@@ -30,6 +30,18 @@ class CatalogLookup(Protocol):
     def addon_deployed(self, account_id: str, name: str) -> bool: ...
 
 
+class DeploymentLookup(Protocol):
+    """On-demand deployments by the names inference requests use (``deployments.routing``)."""
+
+    def resolve_deployment(
+        self, account_id: str, name: str
+    ) -> tuple[ResolvedModel, str, int | None]: ...
+
+
+def _is_deployment_name(name: str) -> bool:
+    return "#" in name or "/deployments/" in name or "/deployedModels/" in name
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRef:
     """A model ready to be served."""
@@ -57,9 +69,28 @@ class ModelResolver:
     ) -> None:
         self._catalog = catalog
         self._max_completion_tokens = max_completion_tokens
+        self.deployments: DeploymentLookup | None = None  # set by services.py
+
+    def _resolve_deployment(self, account_id: str, name: str) -> ModelRef:
+        assert self.deployments is not None
+        model, deployment, context = self.deployments.resolve_deployment(account_id, name)
+        ref = replace(
+            self.ref(model),
+            deployment=deployment,
+            max_completion_tokens=self._max_completion_tokens,
+        )
+        if context:
+            ref = replace(ref, context_length=min(context, ref.context_length or context))
+        return ref
 
     def _resolve(self, account_id: str, name: str) -> ResolvedModel:
-        if "#" in name or "/deployments/" in name:
+        if _is_deployment_name(name) and self.deployments is not None:
+            raise InvalidArgument(
+                f"{name!r} is an on-demand deployment; deployments serve chat and completions.",
+                code="wrong_model_kind",
+                param="model",
+            )
+        if _is_deployment_name(name):
             raise NotFound(
                 f"Deployment {name!r} was not found. On-demand deployments are not offered "
                 "by this server yet; call the model by its catalog name.",
@@ -85,6 +116,8 @@ class ModelResolver:
         return model
 
     def resolve_text(self, account_id: str, name: str) -> ModelRef:
+        if self.deployments is not None and _is_deployment_name(name):
+            return self._resolve_deployment(account_id, name)
         model = self._resolve(account_id, name)
         if model.kind not in (ModelKind.TEXT_BASE, ModelKind.LORA_ADDON):
             raise InvalidArgument(

@@ -43,6 +43,12 @@ class AdapterRegistry(Protocol):
     def register_adapter(self, name: str, path: str) -> None: ...
 
 
+class DeploymentEngines(Protocol):
+    """The engines of on-demand deployments (the deployment driver)."""
+
+    def engine(self, name: str) -> TextEngine: ...
+
+
 class EngineFactory(Protocol):
     """Builds engines for bindings (the real one below; tests may pass their own)."""
 
@@ -124,9 +130,12 @@ class EngineRouter:
         self._embedding: dict[EngineBinding, EmbeddingEngine] = {}
         self._registered: set[tuple[EngineBinding, str, str]] = set()
         self._lock = threading.Lock()
+        self.deployments: DeploymentEngines | None = None  # set by services.py
 
     async def text_engine(self, model: ModelRef) -> TextEngine:
         """The engine serving ``model``; made (weights loaded) in a worker thread on first use."""
+        if model.deployment is not None and self.deployments is not None:
+            return self.deployments.engine(model.deployment)
         engine = self._text.get(model.binding)
         if engine is None:
             engine = await to_thread.run_sync(self._make_text, model)

@@ -56,6 +56,7 @@ USAGE_COLUMNS = (
     Column("COMPLETION TOKENS", "completionTokens"),
     Column("AMOUNT", "amount"),
 )
+GPU_COLUMN = Column("GPU SECONDS", "gpuSeconds")  # shown by deployment, or when any GPU time
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
@@ -65,6 +66,7 @@ class GroupBy(StrEnum):
     MODEL = "model"
     DAY = "day"
     KIND = "kind"
+    DEPLOYMENT = "deployment"
 
 
 def account_path(account: str, *rest: str) -> str:
@@ -297,7 +299,7 @@ def get_usage(
     account: AccountOption = None,
     output: OutputOption = None,
 ) -> None:
-    """Show usage and its cost, grouped by model, day or kind."""
+    """Show usage and its cost, grouped by model, day, kind or deployment."""
     call = Call.of(ctx, account=account, output=output)
     params: dict[str, str | int] = {"groupBy": by.value}
     if start:
@@ -316,7 +318,12 @@ def get_usage(
             groups, short_names([str(g.get("key", "")) for g in groups]), strict=True
         ):
             group["key"] = short
-    columns = (Column(by.value.upper(), "key"), *USAGE_COLUMNS[1:])
+    if by is GroupBy.DEPLOYMENT:
+        for group in groups:
+            group["key"] = group.get("key") or "(serverless)"
+    columns: tuple[Column, ...] = (Column(by.value.upper(), "key"), *USAGE_COLUMNS[1:])
+    if by is GroupBy.DEPLOYMENT or any(group.get("gpuSeconds") for group in groups):
+        columns = (*columns[:-1], GPU_COLUMN, columns[-1])
     printer.listing(groups, columns, field="groups")
     total = usage.get("total") or {}
     printer.note(f"total: {total.get('amount', '0.00')} USD")
