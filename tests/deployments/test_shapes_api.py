@@ -47,6 +47,12 @@ def test_operator_writes_versions_and_members_cannot(
         client.patch(f"{SHAPES}/tiny-fast", json={"acceleratorCount": 4}, headers=operator_headers)
     )
     assert (again["acceleratorCount"], again["precision"]) == (4, "FP8")
+    taken = client.post(
+        f"{SHAPES}?deploymentShapeId=tiny-fast", json=body, headers=operator_headers
+    )
+    assert taken.status_code == 409 and taken.headers["x-should-retry"] == "false"
+    absent = client.patch(f"{SHAPES}/nope", json={"acceleratorCount": 4}, headers=operator_headers)
+    assert absent.status_code == 404
     versions = ok(client.get(f"{SHAPES}/tiny-fast/versions", headers=dev.headers))
     assert [v["snapshot"]["acceleratorCount"] for v in versions["deploymentShapeVersions"]] == [
         2,
