@@ -193,9 +193,7 @@ class ShapeService:
                     raise NotFound(
                         f"Account {account_id!r} was not found.", code="account_not_found"
                     )
-                if repo.get_shape_for_update(session, account_id, shape_id) is not None:
-                    raise _shape_exists(account_id, shape_id)
-                return self._write(session, account_id, shape_id, spec)
+                return self._write(session, account_id, shape_id, spec, new=True)
         except IntegrityError:  # created meanwhile by another request
             raise _shape_exists(account_id, shape_id) from None
 
@@ -205,9 +203,7 @@ class ShapeService:
         """A new version with ``spec``'s fields over the latest (none if nothing changes)."""
         principal.require_operator()
         with self._db.transaction() as session:
-            if repo.get_shape_for_update(session, account_id, shape_id) is None:
-                raise _shape_not_found(shape_name(account_id, shape_id))
-            return self._write(session, account_id, shape_id, spec)
+            return self._write(session, account_id, shape_id, spec, new=False)
 
     def delete(self, principal: Principal, account_id: str, shape_id: str) -> None:
         principal.require_operator()
@@ -234,10 +230,25 @@ class ShapeService:
     # -- helpers ---------------------------------------------------------------
 
     def _write(
-        self, session: Session, account_id: str, shape_id: str, spec: ShapeSpec
+        self,
+        session: Session,
+        account_id: str,
+        shape_id: str,
+        spec: ShapeSpec,
+        *,
+        new: bool | None = None,
     ) -> DeploymentShape:
+        """Upsert the shape; ``new`` True refuses an existing one, False a missing one.
+
+        The check and the write use the same locked read, so of two creates at
+        once one inserts and the other meets the unique constraint (a 409).
+        """
         now = self._clock.now()
         row = repo.get_shape_for_update(session, account_id, shape_id)
+        if new is True and row is not None:
+            raise _shape_exists(account_id, shape_id)
+        if new is False and row is None:
+            raise _shape_not_found(shape_name(account_id, shape_id))
         latest = repo.get_version(session, row.pk, row.latest_version) if row else None
         before = dict(latest.snapshot) if latest else {}
         snapshot = self._snapshot(session, account_id, shape_id, spec, before)
