@@ -8,7 +8,8 @@ deployment created from a shape stores the version's name
 (``…/deploymentShapes/s/versions/2``) and takes from its snapshot what the
 create body leaves out.
 
-The operator writes shapes through the API (``POST``/``PATCH``/``DELETE``,
+The operator writes shapes through the API (``POST`` a new one, ``PATCH`` a
+new version, ``DELETE``;
 operator key) or a shapes file (``FIREBOX_DEPLOYMENT_SHAPES_FILE``, TOML
 ``[[deployment_shapes]]`` tables, loaded at start; see docs/api.md).
 ``deploymentShapeVersions:match`` answers the latest version of every shape
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firebox.accounts import repository as accounts_repo
@@ -52,7 +54,7 @@ from firebox.deployments.shape_schemas import (
     ShapeSpec,
     snapshot_fields,
 )
-from firebox.errors import FireboxError, InvalidArgument, NotFound
+from firebox.errors import AlreadyExists, FireboxError, InvalidArgument, NotFound
 from firebox.paging import page_size
 from firebox.store.database import Database
 
@@ -179,22 +181,36 @@ class ShapeService:
 
     # -- writes (operator) -----------------------------------------------------
 
-    def upsert(
+    def create(
         self, principal: Principal, account_id: str, shape_id: str, spec: ShapeSpec
     ) -> DeploymentShape:
-        """Create the shape, or append a version with ``spec``'s fields over the latest."""
+        """A new shape (version 1); a 409 if the id is taken."""
         principal.require_operator()
         validate_id(shape_id, "deployment shape", "deploymentShapeId")
+        try:
+            with self._db.transaction() as session:
+                if accounts_repo.get_account(session, account_id) is None:
+                    raise NotFound(
+                        f"Account {account_id!r} was not found.", code="account_not_found"
+                    )
+                return self._write(session, account_id, shape_id, spec, new=True)
+        except IntegrityError:  # created meanwhile by another request
+            raise _shape_exists(account_id, shape_id) from None
+
+    def update(
+        self, principal: Principal, account_id: str, shape_id: str, spec: ShapeSpec
+    ) -> DeploymentShape:
+        """A new version with ``spec``'s fields over the latest (none if nothing changes)."""
+        principal.require_operator()
         with self._db.transaction() as session:
-            if accounts_repo.get_account(session, account_id) is None:
-                raise NotFound(f"Account {account_id!r} was not found.", code="account_not_found")
-            return self._write(session, account_id, shape_id, spec)
+            return self._write(session, account_id, shape_id, spec, new=False)
 
     def delete(self, principal: Principal, account_id: str, shape_id: str) -> None:
         principal.require_operator()
         with self._db.transaction() as session:
-            row = self._found(session, account_id, shape_id, public_only=False)
-            session.delete(row)
+            row = repo.get_shape_for_update(session, account_id, shape_id)
+            if row is None or not repo.remove_shape(session, row.pk):
+                raise _shape_not_found(shape_name(account_id, shape_id))
 
     def preload(self, path: Path | None) -> int:
         """Load the bundled shapes file, then the operator's (idempotent); shapes written."""
@@ -214,10 +230,25 @@ class ShapeService:
     # -- helpers ---------------------------------------------------------------
 
     def _write(
-        self, session: Session, account_id: str, shape_id: str, spec: ShapeSpec
+        self,
+        session: Session,
+        account_id: str,
+        shape_id: str,
+        spec: ShapeSpec,
+        *,
+        new: bool | None = None,
     ) -> DeploymentShape:
+        """Upsert the shape; ``new`` True refuses an existing one, False a missing one.
+
+        The check and the write use the same locked read, so of two creates at
+        once one inserts and the other meets the unique constraint (a 409).
+        """
         now = self._clock.now()
         row = repo.get_shape_for_update(session, account_id, shape_id)
+        if new is True and row is not None:
+            raise _shape_exists(account_id, shape_id)
+        if new is False and row is None:
+            raise _shape_not_found(shape_name(account_id, shape_id))
         latest = repo.get_version(session, row.pk, row.latest_version) if row else None
         before = dict(latest.snapshot) if latest else {}
         snapshot = self._snapshot(session, account_id, shape_id, spec, before)
@@ -388,6 +419,15 @@ def _read_file(path: Path) -> list[tuple[str, ShapeSpec]]:
             raise ShapesFileError(f"{path}: shape {raw['id']!r}: {exc}") from exc
         out.append((raw["id"], spec))
     return out
+
+
+def _shape_exists(account_id: str, shape_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"Deployment shape {shape_name(account_id, shape_id)!r} already exists; change it "
+        "with PATCH (each change is a new version).",
+        code="deployment_shape_exists",
+        headers={"x-should-retry": "false"},
+    )
 
 
 def _shape_not_found(name: str) -> NotFound:
