@@ -1,0 +1,1 @@
+"""Fine-tuning: datasets, supervised fine-tuning jobs, batch inference jobs, the job runner."""
