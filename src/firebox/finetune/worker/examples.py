@@ -57,17 +57,13 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _render(tokenizer: ChatTokenizer, messages: list[dict[str, Any]], prompt: bool) -> str:
-    text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=prompt
-    )
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
     if not isinstance(text, str):
         raise ExampleError("the chat template did not render text")
     return text
 
 
-def chat_pieces(
-    tokenizer: ChatTokenizer, messages: list[dict[str, Any]]
-) -> list[tuple[str, bool]]:
+def chat_pieces(tokenizer: ChatTokenizer, messages: list[dict[str, Any]]) -> list[tuple[str, bool]]:
     """The rendered conversation as (text, trained) pieces that concatenate to the whole."""
     pieces: list[tuple[str, bool]] = []
     done = ""
@@ -101,9 +97,7 @@ def encode_pieces(tokenizer: ChatTokenizer, pieces: list[tuple[str, bool]]) -> E
     return Example(ids, labels)
 
 
-def encode(
-    tokenizer: ChatTokenizer, data: dict[str, Any], fmt: str, max_length: int
-) -> Example:
+def encode(tokenizer: ChatTokenizer, data: dict[str, Any], fmt: str, max_length: int) -> Example:
     """One dataset line as an example, cut to ``max_length`` tokens."""
     if fmt == "COMPLETION":
         prompt, completion = data.get("prompt"), data.get("completion")
@@ -127,9 +121,7 @@ def encode(
     return example
 
 
-def load_examples(
-    tokenizer: ChatTokenizer, path: Path, fmt: str, max_length: int
-) -> list[Example]:
+def load_examples(tokenizer: ChatTokenizer, path: Path, fmt: str, max_length: int) -> list[Example]:
     examples = []
     for number, data in enumerate(read_jsonl(path), 1):
         try:

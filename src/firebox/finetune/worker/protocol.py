@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+LATEST = "latest.json"  # in the checkpoint folder: which checkpoint is the last
+
 Command = Literal["pause", "cancel"]
 EventKind = Literal[
     "started",  # data read: dataset tokens, steps; training begins
@@ -110,3 +112,23 @@ class Event:
 
 def command_line(command: Command) -> bytes:
     return (json.dumps({"command": command}) + "\n").encode()
+
+
+@dataclass
+class Position:
+    """Where training is: what a checkpoint records."""
+
+    epoch: int = 0  # epochs fully done
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # optimizer steps in all
+    trained_tokens: int = 0  # tokens trained in all epochs
+
+
+def read_position(checkpoint_dir: Path) -> tuple[Position, Path] | None:
+    """The latest checkpoint's position and folder, if there is one."""
+    latest = checkpoint_dir / LATEST
+    if not latest.exists():
+        return None
+    data = json.loads(latest.read_text())
+    folder = checkpoint_dir / str(data.pop("folder"))
+    return Position(**data), folder

@@ -19,7 +19,6 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +27,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from firebox.finetune.worker.examples import IGNORE, Example, load_examples
-from firebox.finetune.worker.protocol import Event, TrainSpec
-
-LATEST = "latest.json"
-
-
-@dataclass
-class Position:
-    """Where training is: what a checkpoint records."""
-
-    epoch: int = 0  # epochs fully done
-    batch: int = 0  # batches done in the current epoch
-    step: int = 0  # optimizer steps in all
-    trained_tokens: int = 0  # tokens trained in all epochs
+from firebox.finetune.worker.protocol import LATEST, Event, Position, TrainSpec, read_position
 
 
 def batches_of(examples: list[Example], order: list[int], spec: TrainSpec) -> list[list[int]]:
@@ -68,9 +55,7 @@ def epoch_batches(examples: list[Example], spec: TrainSpec, epoch: int) -> list[
     return batches_of(examples, order, spec)
 
 
-def collate(
-    examples: list[Example], pad_id: int, device: torch.device
-) -> dict[str, torch.Tensor]:
+def collate(examples: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     longest = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), longest), IGNORE, dtype=torch.long)
@@ -93,16 +78,6 @@ def schedule(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def read_position(checkpoint_dir: Path) -> tuple[Position, Path] | None:
-    """The latest checkpoint's position and folder, if there is one."""
-    latest = checkpoint_dir / LATEST
-    if not latest.exists():
-        return None
-    data = json.loads(latest.read_text())
-    folder = checkpoint_dir / str(data.pop("folder"))
-    return Position(**data), folder
 
 
 class Trainer:
@@ -150,7 +125,9 @@ class Trainer:
     def _model(self, resume_from: Path | None) -> Any:
         spec = self.spec
         base = AutoModelForCausalLM.from_pretrained(spec.base_model_path, dtype=torch.float32)
-        adapter = resume_from or (Path(spec.warm_start_adapter) if spec.warm_start_adapter else None)
+        adapter = resume_from or (
+            Path(spec.warm_start_adapter) if spec.warm_start_adapter else None
+        )
         if adapter is not None:
             model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
         else:
