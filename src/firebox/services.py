@@ -21,6 +21,8 @@ from firebox.billing.period import PeriodCloseJob, PeriodCloser
 from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
+from firebox.finetune.dataset_service import DatasetService
+from firebox.finetune.dataset_wiring import build_datasets
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
 from firebox.inference.models import ModelResolver
@@ -61,6 +63,7 @@ class Services:
     money: MoneyServices
     tokenizers: TokenizerPool
     storage: Storage
+    datasets: DatasetService
     test_clock: OffsetClock | None = None
 
     @property
@@ -163,6 +166,7 @@ def build_services(
         settings.tokenizer_account_queue,
     )
     prompt_cap = settings.max_prompt_bytes
+    storage = build_storage(settings, clock)
     return Services(
         settings=settings,
         db=db,
@@ -185,6 +189,7 @@ def build_services(
         ),
         money=money,
         tokenizers=tokenizers,
-        storage=build_storage(settings, clock),
+        storage=storage,
+        datasets=build_datasets(settings, db, clock, storage.blobs),
         test_clock=test_clock,
     )

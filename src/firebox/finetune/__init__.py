@@ -1,1 +1,1 @@
-"""Fine-tuning: datasets, supervised fine-tuning jobs, batch inference jobs, the job runner."""
+"""Fine-tuning: datasets (files in blob storage), SFT jobs, batch inference jobs, the job runner."""
