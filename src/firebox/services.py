@@ -23,6 +23,8 @@ from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.finetune.dataset_service import DatasetService
 from firebox.finetune.dataset_wiring import build_datasets
+from firebox.finetune.sft_service import SftJobService
+from firebox.finetune.sft_wiring import SftServices, build_sft
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
 from firebox.inference.models import ModelResolver
@@ -64,7 +66,13 @@ class Services:
     tokenizers: TokenizerPool
     storage: Storage
     datasets: DatasetService
+    sft: SftServices | None = None
     test_clock: OffsetClock | None = None
+
+    @property
+    def sft_jobs(self) -> SftJobService:
+        assert self.sft is not None
+        return self.sft.jobs
 
     @property
     def billing(self) -> BillingService:
@@ -100,6 +108,8 @@ class Services:
 
     async def aclose(self) -> None:
         """Stop engines, then release connections (called at app shutdown)."""
+        if self.sft is not None:
+            await self.sft.runner.aclose()  # workers checkpoint; their charges reach the ledger
         await self.engines.close()
         self.tokenizers.close()
         await self.money.aclose()
@@ -167,7 +177,7 @@ def build_services(
     )
     prompt_cap = settings.max_prompt_bytes
     storage = build_storage(settings, clock)
-    return Services(
+    services = Services(
         settings=settings,
         db=db,
         clock=clock,
@@ -193,3 +203,5 @@ def build_services(
         datasets=build_datasets(settings, db, clock, storage.blobs),
         test_clock=test_clock,
     )
+    services.sft = build_sft(services)
+    return services

@@ -197,6 +197,32 @@ class Settings(BaseSettings):
         description="How long a request refused only because other requests' spend "
         "reservations fill the account's cap waits for room before its 429 spend_reserved.",
     )
+    finetune_max_jobs: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Fine-tuning jobs one server process trains at once (one worker process "
+        "each); 0 trains none on this replica.",
+    )
+    finetune_threads: int = Field(
+        default=1, ge=1, le=256, description="torch threads of each training worker."
+    )
+    finetune_device: str = Field(
+        default="auto",
+        max_length=32,
+        description='Where workers train: "auto" (CUDA when present, else the CPU), "cpu", '
+        '"cuda" or "cuda:N".',
+    )
+    finetune_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long a runner's claim on a job lasts without renewal; a job whose "
+        "server died is taken over by another one this long after.",
+    )
+    finetune_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often the job runner looks at the jobs."
+    )
     storage_dir: Path | None = Field(
         default=None,
         description="Where uploaded files (datasets, model weights) are kept; defaults to "

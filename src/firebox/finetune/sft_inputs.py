@@ -17,6 +17,7 @@ from firebox.catalog.binding import LocalEngine
 from firebox.catalog.index import ResolvedModel
 from firebox.catalog.kinds import ModelKind
 from firebox.errors import InvalidArgument
+from firebox.finetune.dataset_service import DatasetService
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class TrainingData:
     """A READY dataset as a job reads it."""
 
     name: str  # accounts/{a}/datasets/{id}
-    path: Path  # a local JSONL file
+    paths: list[Path]  # local JSONL files, in order
     format: str  # CHAT | COMPLETION
     example_count: int
     token_count: int  # counted with the base tokenizer, as the trainer counts
@@ -37,6 +38,23 @@ class DatasetSource(Protocol):
         Raises ``NotFound`` (unknown) or ``FailedPrecondition`` (not READY, saying why).
         """
         ...
+
+
+class DatasetReader:
+    """``DatasetSource`` over the datasets slice (``DatasetService``)."""
+
+    def __init__(self, datasets: DatasetService) -> None:
+        self._datasets = datasets
+
+    def training_data(self, account_id: str, dataset: str) -> TrainingData:
+        files = self._datasets.ready_dataset(account_id, dataset)
+        return TrainingData(
+            name=files.name,
+            paths=self._datasets.local_paths(files),
+            format=files.format.value,
+            example_count=files.example_count,
+            token_count=files.estimated_token_count,
+        )
 
 
 class ModelLookup(Protocol):
@@ -99,14 +117,15 @@ class TrainableBases:
                 code="base_model_not_trainable",
                 param=param,
             )
+        adapter = warm.adapter if warm is not None else None
         return TrainableBase(
             name=base.name,
             path=self._local(base.engine.path),
             price_class=base.price_class.value if base.price_class is not None else None,
             context_length=base.context_length or 2048,
-            warm_start_path=self._local(warm.adapter.path) if warm and warm.adapter else None,
-            target_modules=warm.adapter.target_modules if warm and warm.adapter else None,
-            warm_start_rank=warm.adapter.rank if warm and warm.adapter else None,
+            warm_start_path=self._local(adapter.path) if adapter and adapter.path else None,
+            target_modules=adapter.target_modules if adapter else None,
+            warm_start_rank=adapter.rank if adapter else None,
         )
 
     def _local(self, path: str) -> Path:

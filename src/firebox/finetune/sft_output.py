@@ -9,6 +9,7 @@ died between the two steps) finds both done and changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from anyio import to_thread
@@ -71,9 +72,7 @@ class OutputPublisher:
             existing = await to_thread.run_sync(self._catalog.get, SYSTEM, account_id, model_id)
             if existing.adapter_path != str(adapter_dir):
                 raise
-        try:
+        with contextlib.suppress(AlreadyExists):  # loaded by an earlier try
             await self._catalog.deployed_models.load(
                 SYSTEM, account_id, DeployedModelSpec(model=output_model), self._hooks
             )
-        except AlreadyExists:
-            pass  # loaded by an earlier try

@@ -43,7 +43,14 @@ from firebox.finetune.sft_inputs import DatasetSource, TrainableBase, TrainableB
 from firebox.finetune.sft_models import JobState, PauseReason, SftJobRow
 from firebox.finetune.sft_money import NoRoomYet, TrainingMoney
 from firebox.finetune.sft_output import OutputPublisher
-from firebox.finetune.worker.protocol import Command, Event, TrainSpec, command_line, read_position
+from firebox.finetune.worker.protocol import (
+    DEFAULT_TARGETS,
+    Command,
+    Event,
+    TrainSpec,
+    command_line,
+    read_position,
+)
 from firebox.limits.admission import suspended
 from firebox.limits.spend_guard import Reservation
 from firebox.store.database import Database
@@ -186,16 +193,16 @@ class SftRunner:
             if free <= 0 or self._closing:
                 return
             until = now + timedelta(seconds=self.settings.lease_s)
-            if await self._db_call(repo.claim, pk, self.owner, until, now):
-                if await self._start(pk):
-                    free -= 1
+            claimed = await self._db_call(repo.claim, pk, self.owner, until, now)
+            if claimed and await self._start(pk):
+                free -= 1
 
     # -- database --------------------------------------------------------------------
 
-    async def _db_call(self, function: Any, *args: Any) -> Any:
+    async def _db_call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         def run() -> Any:
             with self._db.transaction() as session:
-                return function(session, *args)
+                return function(session, *args, **kwargs)
 
         return await to_thread.run_sync(run)
 
@@ -307,19 +314,16 @@ class SftRunner:
         except PaymentRequired as exc:
             await self._fail(pk, exc.code, exc.message)
             return False
-        targets = list(
-            base.target_modules
-            or TrainSpec.__dataclass_fields__["target_modules"].default_factory()
-        )  # type: ignore[misc]
+        targets = list(base.target_modules or DEFAULT_TARGETS)
         spec = TrainSpec(
             job=row.uid,
             base_model_path=str(base.path),
-            train_file=str(data.path),
+            train_files=[str(p) for p in data.paths],
             output_dir=str(folder / "adapter"),
             checkpoint_dir=str(folder / "checkpoints"),
             base_model_name=base.name,
             format="COMPLETION" if data.format == "COMPLETION" else "CHAT",
-            eval_file=str(evaluation.path) if evaluation else None,
+            eval_files=[str(p) for p in evaluation.paths] if evaluation else [],
             eval_carveout=row.eval_auto_carveout,
             epochs=row.epochs,
             learning_rate=row.learning_rate,

@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 LATEST = "latest.json"  # in the checkpoint folder: which checkpoint is the last
 
+# Every linear layer of a Llama-family block: what LoRA adapts unless told otherwise.
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 Command = Literal["pause", "cancel"]
 EventKind = Literal[
     "started",  # data read: dataset tokens, steps; training begins
@@ -34,12 +37,12 @@ class TrainSpec:
 
     job: str  # the job's name, for logs
     base_model_path: str  # Hugging Face folder of the base weights and tokenizer
-    train_file: str  # JSONL, one example a line
+    train_files: list[str]  # JSONL, one example a line
     output_dir: str  # where the finished adapter goes
     checkpoint_dir: str  # where checkpoints go (and are resumed from)
     base_model_name: str  # written into the adapter config
     format: Literal["CHAT", "COMPLETION"] = "CHAT"
-    eval_file: str | None = None
+    eval_files: list[str] = field(default_factory=list)
     eval_carveout: bool = False  # hold out a tenth of the examples when no eval file
     epochs: int = 1
     learning_rate: float = 1e-4
@@ -51,17 +54,7 @@ class TrainSpec:
     batch_size_samples: int | None = None
     weight_decay: float = 0.01
     warm_start_adapter: str | None = None  # an add-on's folder to continue from
-    target_modules: list[str] = field(
-        default_factory=lambda: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-    )
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     seed: int = 0
     threads: int = 1
     device: str = "auto"  # "auto": CUDA where present, else the CPU

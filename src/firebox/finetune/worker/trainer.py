@@ -107,18 +107,23 @@ class Trainer:
 
     def _load_data(self) -> tuple[list[Example], list[Example]]:
         spec = self.spec
-        train = load_examples(
-            self.tokenizer, Path(spec.train_file), spec.format, spec.max_context_length
-        )
+        train = self._examples(spec.train_files)
         evaluation: list[Example] = []
-        if spec.eval_file:
-            evaluation = load_examples(
-                self.tokenizer, Path(spec.eval_file), spec.format, spec.max_context_length
-            )
+        if spec.eval_files:
+            evaluation = self._examples(spec.eval_files)
         elif spec.eval_carveout and len(train) >= 10:
             held = max(1, len(train) // 10)
             train, evaluation = train[:-held], train[-held:]
         return train, evaluation
+
+    def _examples(self, files: list[str]) -> list[Example]:
+        spec = self.spec
+        found: list[Example] = []
+        for name in files:
+            found.extend(
+                load_examples(self.tokenizer, Path(name), spec.format, spec.max_context_length)
+            )
+        return found
 
     # -- model -----------------------------------------------------------------
 
@@ -154,27 +159,8 @@ class Trainer:
         found = read_position(self.checkpoints)
         position, folder = found if found else (Position(), None)
         model = self._model(folder)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params, lr=spec.learning_rate, betas=(0.9, 0.999), weight_decay=spec.weight_decay
-        )
-        warmup = spec.warmup_steps
-        lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: schedule(s, total_steps, warmup)
-        )
-        if folder is not None:
-            state = torch.load(folder / "optimizer.pt", map_location=self.device)
-            optimizer.load_state_dict(state["optimizer"])
-            lr_schedule.load_state_dict(state["schedule"])
-        started_event = Event(
-            "started",
-            epoch=position.epoch,
-            step=position.step,
-            total_steps=total_steps,
-            trained_tokens=position.trained_tokens,
-            dataset_tokens=epoch_tokens,
-        )
-        self._emit(started_event)
+        params, optimizer, lr_schedule = self._optimizer(model, folder, total_steps)
+        self._emit(self._event("started", position, total_steps, epoch_tokens))
         model.train()
         window: list[float] = []
         clock = time.monotonic()
@@ -224,6 +210,25 @@ class Trainer:
             )  # fmt: skip
         self._save_output(model)
         return self._event("completed", position, total_steps, epoch_tokens, path=spec.output_dir)
+
+    def _optimizer(
+        self, model: Any, folder: Path | None, total_steps: int
+    ) -> tuple[list[torch.nn.Parameter], Any, Any]:
+        """AdamW and its schedule, restored from the checkpoint in ``folder`` if any."""
+        spec = self.spec
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=spec.learning_rate, betas=(0.9, 0.999), weight_decay=spec.weight_decay
+        )
+        warmup = spec.warmup_steps
+        lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: schedule(s, total_steps, warmup)
+        )
+        if folder is not None:
+            state = torch.load(folder / "optimizer.pt", map_location=self.device)
+            optimizer.load_state_dict(state["optimizer"])
+            lr_schedule.load_state_dict(state["schedule"])
+        return params, optimizer, lr_schedule
 
     def _evaluate(self, model: Any, examples: list[Example]) -> float:
         model.eval()
