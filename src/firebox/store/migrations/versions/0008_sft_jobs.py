@@ -1,7 +1,7 @@
 """sft: the sft_jobs table
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 Create Date: 2026-12-06 08:00:41.043258
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import firebox.store.base
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0007"  # h17a's datasets (merged here); the brief's base was 0005
 branch_labels = None
 depends_on = None
 
