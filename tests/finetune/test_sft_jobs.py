@@ -145,3 +145,88 @@ def test_job_trains_an_addon_that_learned_the_marker_and_bills_tokens_times_epoc
             select(UsageRecordRow).where(UsageRecordRow.model == "accounts/acme/models/marker-addon", UsageRecordRow.kind == "chat")
         ).all()
         assert chats and {c.unit_price_micros for c in chats} == {200_000}
+
+
+def test_cancel_charges_what_was_trained_and_resume_continues_from_the_checkpoint(
+    client: TestClient, services: Services, member: dict[str, str]
+) -> None:
+    dataset = ready_dataset(services, "acme", "long", marker_lines(12))
+    created = _create(
+        client, member, "long", dataset=dataset, baseModel=BASE, epochs=10,
+        learningRate=0.01, batchSizeSamples=4,
+    )  # fmt: skip
+    tokens = int(created["jobProgress"]["datasetTokens"])
+    wait_for(lambda: _job(client, member, "long"), lambda j: j["jobProgress"]["epoch"] >= 1)
+    response = client.post(
+        "/v1/accounts/acme/supervisedFineTuningJobs/long:cancel", json={}, headers=member
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] in ("JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED")
+    cancelled = wait_for(
+        lambda: _job(client, member, "long"), lambda j: j["state"] == "JOB_STATE_CANCELLED"
+    )
+    trained = int(cancelled["jobProgress"]["trainedTokens"])
+    assert tokens <= trained < tokens * 10
+    # It pays for what it trained, the partial epoch too, and nothing more.
+    assert int(cancelled["billedTokens"]) == trained
+    assert sum(r.training_tokens for r in _training_rows(services)) == trained
+    step_at_cancel = cancelled["jobProgress"]["step"]
+
+    response = client.post(
+        "/v1/accounts/acme/supervisedFineTuningJobs/long:resume", json={}, headers=member
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "JOB_STATE_PENDING"
+    running = wait_for(
+        lambda: _job(client, member, "long"),
+        lambda j: j["state"] != "JOB_STATE_PENDING" and j["jobProgress"]["totalSteps"] > 0,
+    )
+    assert running["jobProgress"]["step"] >= step_at_cancel  # from the checkpoint, not from 0
+    done = wait_for(
+        lambda: _job(client, member, "long"), lambda j: j["state"] == "JOB_STATE_COMPLETED"
+    )
+    assert int(done["jobProgress"]["trainedTokens"]) == tokens * 10
+    rows = _training_rows(services)
+    assert sum(r.training_tokens for r in rows) == tokens * 10  # no gap, no double charge
+    assert len({r.request_id for r in rows}) == len(rows)
+
+
+def test_suspension_pauses_the_job_and_lifting_it_resumes(
+    client: TestClient,
+    services: Services,
+    member: dict[str, str],
+    operator_headers: dict[str, str],
+) -> None:
+    dataset = ready_dataset(services, "acme", "pausing", marker_lines(12))
+    created = _create(
+        client, member, "pausing", dataset=dataset, baseModel=BASE, epochs=10,
+        learningRate=0.01, batchSizeSamples=4,
+    )  # fmt: skip
+    tokens = int(created["jobProgress"]["datasetTokens"])
+    wait_for(lambda: _job(client, member, "pausing"), lambda j: j["jobProgress"]["step"] >= 2)
+    blocked = client.post(
+        "/v1/accounts/acme:block", json={"reason": "test"}, headers=operator_headers
+    )
+    assert blocked.status_code == 200, blocked.text
+    paused = wait_for(
+        lambda: _job(client, member, "pausing"), lambda j: j["state"] == "JOB_STATE_PAUSED"
+    )
+    assert paused["status"]["code"] == "blocked"
+    assert int(paused["billedTokens"]) == int(paused["jobProgress"]["trainedTokens"])
+    # A suspended account cannot start or resume jobs either, with the inference error code.
+    refused = client.post(
+        "/v1/accounts/acme/supervisedFineTuningJobs?supervisedFineTuningJobId=other",
+        json={"dataset": dataset, "baseModel": BASE},
+        headers=member,
+    )
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "blocked"
+    step_paused = paused["jobProgress"]["step"]
+
+    lifted = client.post("/v1/accounts/acme:unblock", headers=operator_headers)
+    assert lifted.status_code == 200, lifted.text
+    done = wait_for(
+        lambda: _job(client, member, "pausing"), lambda j: j["state"] == "JOB_STATE_COMPLETED"
+    )
+    assert done["jobProgress"]["step"] > step_paused
+    assert int(done["billedTokens"]) == tokens * 10
+    assert sum(r.training_tokens for r in _training_rows(services)) == tokens * 10
