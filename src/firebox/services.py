@@ -22,6 +22,7 @@ from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.finetune.dataset_service import DatasetService
+from firebox.finetune.dataset_uploads import DatasetUploads
 from firebox.finetune.dataset_wiring import build_datasets
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
@@ -64,6 +65,7 @@ class Services:
     tokenizers: TokenizerPool
     storage: Storage
     datasets: DatasetService
+    dataset_uploads: DatasetUploads
     test_clock: OffsetClock | None = None
 
     @property
@@ -167,6 +169,7 @@ def build_services(
     )
     prompt_cap = settings.max_prompt_bytes
     storage = build_storage(settings, clock)
+    datasets = build_datasets(settings, db, clock, storage.blobs)
     return Services(
         settings=settings,
         db=db,
@@ -190,6 +193,7 @@ def build_services(
         money=money,
         tokenizers=tokenizers,
         storage=storage,
-        datasets=build_datasets(settings, db, clock, storage.blobs),
+        datasets=datasets,
+        dataset_uploads=DatasetUploads(datasets, db, clock, storage),
         test_clock=test_clock,
     )
