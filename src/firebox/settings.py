@@ -202,6 +202,19 @@ class Settings(BaseSettings):
         description="Where uploaded files (datasets, model weights) are kept; defaults to "
         "<data_dir>/blobs.",
     )
+    blob_store: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where uploaded files live: 'local' (storage_dir) or 's3' (an "
+        "S3-compatible bucket, FIREBOX_S3_*; needs the s3 extra).",
+    )
+    s3_bucket: str | None = Field(default=None, max_length=63)
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph); unset: AWS."
+    )
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_prefix: str = Field(default="", description="Key prefix of Firebox's objects.")
     url_signing_key: SecretStr | None = Field(
         default=None,
         description="Key that signs upload/download URLs; generated once into the data dir "
