@@ -22,6 +22,7 @@ from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.finetune.dataset_service import DatasetService
+from firebox.finetune.dataset_uploads import DatasetUploads
 from firebox.finetune.dataset_wiring import build_datasets
 from firebox.finetune.sft_service import SftJobService
 from firebox.finetune.sft_wiring import SftServices, build_sft
@@ -66,6 +67,7 @@ class Services:
     tokenizers: TokenizerPool
     storage: Storage
     datasets: DatasetService
+    dataset_uploads: DatasetUploads
     sft: SftServices | None = None
     test_clock: OffsetClock | None = None
 
@@ -177,6 +179,7 @@ def build_services(
     )
     prompt_cap = settings.max_prompt_bytes
     storage = build_storage(settings, clock)
+    datasets = build_datasets(settings, db, clock, storage.blobs)
     services = Services(
         settings=settings,
         db=db,
@@ -200,7 +203,8 @@ def build_services(
         money=money,
         tokenizers=tokenizers,
         storage=storage,
-        datasets=build_datasets(settings, db, clock, storage.blobs),
+        datasets=datasets,
+        dataset_uploads=DatasetUploads(datasets, db, clock, storage),
         test_clock=test_clock,
     )
     services.sft = build_sft(services)

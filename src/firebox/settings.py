@@ -228,6 +228,19 @@ class Settings(BaseSettings):
         description="Where uploaded files (datasets, model weights) are kept; defaults to "
         "<data_dir>/blobs.",
     )
+    blob_store: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where uploaded files live: 'local' (storage_dir) or 's3' (an "
+        "S3-compatible bucket, FIREBOX_S3_*; needs the s3 extra).",
+    )
+    s3_bucket: str | None = Field(default=None, max_length=63)
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph); unset: AWS."
+    )
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_prefix: str = Field(default="", description="Key prefix of Firebox's objects.")
     url_signing_key: SecretStr | None = Field(
         default=None,
         description="Key that signs upload/download URLs; generated once into the data dir "
@@ -239,6 +252,13 @@ class Settings(BaseSettings):
         description="Base URL clients reach this gateway at, used in signed URLs (e.g. "
         "https://firebox.example.com); defaults to the request's own base URL.",
     )
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) to serve HTTPS with; with tls_keyfile. Signed "
+        "URLs are https when clients reach the gateway over TLS (the SDK's upload helper "
+        "requires it).",
+    )
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of tls_certfile.")
     signed_url_ttl_s: int = Field(
         default=3600, ge=60, le=7 * 24 * 3600, description="How long a signed URL is valid."
     )

@@ -271,6 +271,8 @@ class DatasetService:
             manifest = dict(row.upload_manifest or {})
             prefix = storage_prefix(row)
         stored = {f.filename: f for f in files_under(prefix, self.blobs)}
+        for filename in [name for name in stored if manifest and name not in manifest]:
+            self.blobs.delete(stored.pop(filename).key)  # left by an earlier file set
         counter = self._counter()
         limit = self.policy.max_example_tokens or getattr(counter, "max_context", None)
         validator = Validator(
@@ -283,8 +285,6 @@ class DatasetService:
             elif have.size != int(size):
                 validator.missing(filename, f"the file has {have.size} bytes, not {size}")
         for filename, file in sorted(stored.items()):
-            if manifest and filename not in manifest:
-                continue
             with self.blobs.open(file.key) as stream:
                 validator.feed(filename, stream)
         report = validator.finish()
