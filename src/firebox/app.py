@@ -15,6 +15,8 @@ from firebox.billing import endpoints as billing_endpoints
 from firebox.catalog.deployed_endpoints import router as deployed_models_router
 from firebox.catalog.endpoints import router as catalog_router
 from firebox.deployments import endpoints as deployments_endpoints
+from firebox.finetune import sft_endpoints
+from firebox.finetune.dataset_endpoints import router as datasets_router
 from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
 from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -41,6 +43,8 @@ def create_app(services: Services) -> FastAPI:
             await (
                 services.deployment_runtime.start()
             )  # reconciles the database's deployments at once
+        if services.sft is not None:
+            services.sft.runner.start()  # fine-tuning jobs: worker processes, checkpoints
         yield
         if warm is not None:
             warm.cancel()
@@ -69,10 +73,13 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(audit_endpoints.build_router())
     app.include_router(suspension_endpoints.build_router())
     app.include_router(storage_endpoints.build_router())
+    app.include_router(sft_endpoints.router)
+    app.include_router(datasets_router)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=services.settings.max_body_bytes,
         exempt_prefixes=(URL_PREFIX,),
+        exempt_suffixes=(":upload",),  # streamed to storage under its own size cap
     )
     app.add_middleware(
         RequestContextMiddleware,

@@ -25,6 +25,11 @@ from firebox.deployments.drivers.base import DeploymentDriver
 from firebox.deployments.placement import PlacementRules
 from firebox.deployments.runtime import DeploymentRuntime, build_runtime
 from firebox.deployments.wiring import DeploymentSlice, build_deployments
+from firebox.finetune.dataset_service import DatasetService
+from firebox.finetune.dataset_uploads import DatasetUploads
+from firebox.finetune.dataset_wiring import build_datasets
+from firebox.finetune.sft_service import SftJobService
+from firebox.finetune.sft_wiring import SftServices, build_sft
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
 from firebox.inference.models import ModelResolver
@@ -67,8 +72,16 @@ class Services:
     tokenizers: TokenizerPool
     storage: Storage
     deployments: DeploymentSlice
+    datasets: DatasetService
+    dataset_uploads: DatasetUploads
+    sft: SftServices | None = None
     test_clock: OffsetClock | None = None
     deployment_runtime: DeploymentRuntime | None = None
+
+    @property
+    def sft_jobs(self) -> SftJobService:
+        assert self.sft is not None
+        return self.sft.jobs
 
     @property
     def billing(self) -> BillingService:
@@ -106,6 +119,8 @@ class Services:
         """Stop engines, then release connections (called at app shutdown)."""
         if self.deployment_runtime is not None:
             await self.deployment_runtime.stop()  # its last GPU time reaches the ledger queue first
+        if self.sft is not None:
+            await self.sft.runner.aclose()  # workers checkpoint; their charges reach the ledger
         await self.engines.close()
         self.tokenizers.close()
         await self.money.aclose()
@@ -191,7 +206,9 @@ def build_services(
     models.deployments = runtime.routing
     catalog.deployed_models.placements = PlacementRules(runtime.on_change)
     engines.deployments = runtime
-    return Services(
+    storage = build_storage(settings, clock)
+    datasets = build_datasets(settings, db, clock, storage.blobs)
+    services = Services(
         settings=settings,
         db=db,
         clock=clock,
@@ -213,8 +230,12 @@ def build_services(
         ),
         money=money,
         tokenizers=tokenizers,
-        storage=build_storage(settings, clock),
         deployments=deployment_slice,
+        storage=storage,
+        datasets=datasets,
+        dataset_uploads=DatasetUploads(datasets, db, clock, storage),
         test_clock=test_clock,
         deployment_runtime=runtime,
     )
+    services.sft = build_sft(services)
+    return services

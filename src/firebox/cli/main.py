@@ -25,13 +25,23 @@ from rich.console import Console
 from rich.text import Text
 
 from firebox.cli.argv import hoist_global_options
-from firebox.cli.commands import accounts, api_keys, billing, deployments, limits, server, users
+from firebox.cli.commands import (
+    accounts,
+    api_keys,
+    billing,
+    datasets,
+    deployments,
+    limits,
+    server,
+    sft_jobs,
+    users,
+)
 from firebox.cli.context import DEFAULT_BASE_URL, GlobalOptions
 from firebox.cli.errors import EXIT_CODES_HELP, CliError
 from firebox.cli.output import OutputFormat
 from firebox.cli.verbs import Verbs
 
-NOUNS = (accounts, users, api_keys, billing, limits, deployments)
+NOUNS = (accounts, users, api_keys, billing, limits, deployments, datasets, sft_jobs)
 
 
 def root_options(
@@ -73,6 +83,7 @@ def build_app() -> typer.Typer:
     app.callback()(root_options)
     server.register(app)
     billing.register_root(app)
+    sft_jobs.register_root(app)
     verbs = Verbs.build()
     for noun in NOUNS:
         noun.register(verbs)
