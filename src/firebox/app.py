@@ -14,6 +14,7 @@ from firebox.billing import admin_endpoints as billing_admin
 from firebox.billing import endpoints as billing_endpoints
 from firebox.catalog.deployed_endpoints import router as deployed_models_router
 from firebox.catalog.endpoints import router as catalog_router
+from firebox.finetune import batch_endpoints, batch_openai_endpoints
 from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
 from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -36,6 +37,7 @@ def create_app(services: Services) -> FastAPI:
             warm = asyncio.create_task(warm_local_engines(services.catalog, services.engines))
         services.period_job.start()  # month close, invoice retries, credit expiry
         services.money.holds.start()  # reservations of requests a dead process left in flight
+        services.batch.runner.start()  # batch inference jobs (continues those left running)
         yield
         if warm is not None:
             warm.cancel()
@@ -63,10 +65,12 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(audit_endpoints.build_router())
     app.include_router(suspension_endpoints.build_router())
     app.include_router(storage_endpoints.build_router())
+    app.include_router(batch_endpoints.build_router())
+    app.include_router(batch_openai_endpoints.build_router())
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=services.settings.max_body_bytes,
-        exempt_prefixes=(URL_PREFIX,),
+        exempt_prefixes=(URL_PREFIX, "/v1/files"),  # /v1/files: batch_file_max_bytes
     )
     app.add_middleware(
         RequestContextMiddleware,

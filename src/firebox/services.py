@@ -21,6 +21,7 @@ from firebox.billing.period import PeriodCloseJob, PeriodCloser
 from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
+from firebox.finetune.batch_wiring import BatchServices, build_batch
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
 from firebox.inference.models import ModelResolver
@@ -61,6 +62,7 @@ class Services:
     money: MoneyServices
     tokenizers: TokenizerPool
     storage: Storage
+    batch: BatchServices
     test_clock: OffsetClock | None = None
 
     @property
@@ -97,6 +99,7 @@ class Services:
 
     async def aclose(self) -> None:
         """Stop engines, then release connections (called at app shutdown)."""
+        await self.batch.runner.aclose()  # before the engines: its lines are cancelled first
         await self.engines.close()
         self.tokenizers.close()
         await self.money.aclose()
@@ -163,6 +166,10 @@ def build_services(
         settings.tokenizer_account_queue,
     )
     prompt_cap = settings.max_prompt_bytes
+    inference = InferenceService(
+        models, engines, sink, clock, money.admission, tokenizers, prompt_cap, journal
+    )
+    storage = build_storage(settings, clock)
     return Services(
         settings=settings,
         db=db,
@@ -177,14 +184,13 @@ def build_services(
         catalog=catalog,
         engines=engines,
         usage=recorded,
-        inference=InferenceService(
-            models, engines, sink, clock, money.admission, tokenizers, prompt_cap, journal
-        ),
+        inference=inference,
         embeddings=EmbeddingService(
             models, engines, sink, clock, money.admission, tokenizers, prompt_cap
         ),
         money=money,
         tokenizers=tokenizers,
-        storage=build_storage(settings, clock),
+        storage=storage,
+        batch=build_batch(settings, db, clock, storage.blobs, inference, models),
         test_clock=test_clock,
     )

@@ -9,6 +9,7 @@ import firebox.accounts.models  # registers its tables, as the next lines do
 import firebox.billing.models
 import firebox.catalog.deployed_models
 import firebox.catalog.models
+import firebox.finetune.batch_models
 import firebox.limits.models  # noqa: F401
 from firebox.store.base import Base
 
