@@ -15,6 +15,7 @@ from firebox.billing import endpoints as billing_endpoints
 from firebox.catalog.deployed_endpoints import router as deployed_models_router
 from firebox.catalog.endpoints import router as catalog_router
 from firebox.finetune import batch_endpoints, batch_openai_endpoints
+from firebox.finetune.dataset_endpoints import router as datasets_router
 from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
 from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -67,10 +68,12 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(storage_endpoints.build_router())
     app.include_router(batch_endpoints.build_router())
     app.include_router(batch_openai_endpoints.build_router())
+    app.include_router(datasets_router)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=services.settings.max_body_bytes,
         exempt_prefixes=(URL_PREFIX, "/v1/files"),  # /v1/files: batch_file_max_bytes
+        exempt_suffixes=(":upload",),  # streamed to storage under its own size cap
     )
     app.add_middleware(
         RequestContextMiddleware,

@@ -22,6 +22,9 @@ from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.finetune.batch_wiring import BatchServices, build_batch
+from firebox.finetune.dataset_service import DatasetService
+from firebox.finetune.dataset_uploads import DatasetUploads
+from firebox.finetune.dataset_wiring import build_datasets
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
 from firebox.inference.models import ModelResolver
@@ -63,6 +66,8 @@ class Services:
     tokenizers: TokenizerPool
     storage: Storage
     batch: BatchServices
+    datasets: DatasetService
+    dataset_uploads: DatasetUploads
     test_clock: OffsetClock | None = None
 
     @property
@@ -170,6 +175,7 @@ def build_services(
         models, engines, sink, clock, money.admission, tokenizers, prompt_cap, journal
     )
     storage = build_storage(settings, clock)
+    datasets = build_datasets(settings, db, clock, storage.blobs)
     return Services(
         settings=settings,
         db=db,
@@ -191,6 +197,8 @@ def build_services(
         money=money,
         tokenizers=tokenizers,
         storage=storage,
-        batch=build_batch(settings, db, clock, storage.blobs, inference, models),
+        datasets=datasets,
+        dataset_uploads=DatasetUploads(datasets, db, clock, storage),
+        batch=build_batch(settings, db, clock, storage.blobs, inference, models, datasets),
         test_clock=test_clock,
     )

@@ -202,6 +202,19 @@ class Settings(BaseSettings):
         description="Where uploaded files (datasets, model weights) are kept; defaults to "
         "<data_dir>/blobs.",
     )
+    blob_store: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where uploaded files live: 'local' (storage_dir) or 's3' (an "
+        "S3-compatible bucket, FIREBOX_S3_*; needs the s3 extra).",
+    )
+    s3_bucket: str | None = Field(default=None, max_length=63)
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph); unset: AWS."
+    )
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_prefix: str = Field(default="", description="Key prefix of Firebox's objects.")
     url_signing_key: SecretStr | None = Field(
         default=None,
         description="Key that signs upload/download URLs; generated once into the data dir "
@@ -215,6 +228,37 @@ class Settings(BaseSettings):
     )
     signed_url_ttl_s: int = Field(
         default=3600, ge=60, le=7 * 24 * 3600, description="How long a signed URL is valid."
+    )
+    dataset_max_bytes: int = Field(
+        default=1024**3,
+        ge=1,
+        description="Largest dataset (all its files together) an account may upload.",
+    )
+    dataset_storage_quota_bytes: int = Field(
+        default=10 * 1024**3,
+        ge=0,
+        description="Bytes of datasets one account may keep (uploaded and promised by "
+        "signed upload URLs).",
+    )
+    dataset_direct_upload_bytes: int = Field(
+        default=150 * 1024**2,
+        ge=1,
+        description="Largest file a dataset's :upload takes; larger files go through "
+        ":getUploadEndpoint's signed URLs.",
+    )
+    dataset_max_problems: int = Field(
+        default=100, ge=1, le=10_000, description="Problems a dataset validation lists."
+    )
+    dataset_tokenizer: Path | None = Field(
+        default=None,
+        description="Model folder (tokenizer.json + chat template) datasets are counted "
+        "with; defaults to <models_dir>/firebox-tiny.",
+    )
+    dataset_max_example_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Longest example a dataset may hold; defaults to the context length "
+        "of the dataset tokenizer's model.",
     )
     min_upload_bytes_per_s: int = Field(
         default=256 * 1024,

@@ -33,15 +33,21 @@ def test_batch_pays_the_books_share_of_the_serving_price_cached_tokens_included(
     # $0.20 per 1M (TEXT_DENSE_UP_TO_16B): 1.6M full tokens + 0.4M cached at 50% = $0.36.
     assert chat_price.amount_micros == 360_000
     assert batch_price.amount_micros == 180_000  # SPEC §2: 50%
-    assert (batch_price.unit_price_micros, batch_price.cached_unit_price_micros) == (100_000, 50_000)
+    assert (batch_price.unit_price_micros, batch_price.cached_unit_price_micros) == (
+        100_000,
+        50_000,
+    )
 
 
 def test_the_operator_changes_the_share_in_the_price_book_and_overrides_are_halved_too() -> None:
     assert _book(None).versions[0].batch_price_percent == 50  # the default when absent
     record = usage(kind="batch", prompt_tokens=3, completion_tokens=4)
-    assert Pricer(_book(25), NoOverrides()).price(
-        replace(record, prompt_tokens=1_000_000, completion_tokens=0)
-    ).amount_micros == 50_000
+    assert (
+        Pricer(_book(25), NoOverrides())
+        .price(replace(record, prompt_tokens=1_000_000, completion_tokens=0))
+        .amount_micros
+        == 50_000
+    )
     exact = Pricer(_book(50), NoOverrides()).price(record).amount_micros
     assert exact == 1  # 7 tokens x $0.10/1M = 0.7 micro-USD, rounded half-even once
     custom = Pricer(PriceBook.load(), FixedOverrides({"TEXT_DENSE_UP_TO_16B": 1_000_000}))

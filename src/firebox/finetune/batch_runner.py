@@ -397,6 +397,7 @@ class BatchRunner:
             self._datasets().store_output(
                 row.account_id, row.output_dataset, key, job_name(row.account_id, row.job_id)
             )
+            self._blobs.delete_prefix(key.rsplit("/", 1)[0])  # the dataset holds its copy
             fields = {}
         now = self._clock.now()
         with self._db.transaction() as session:

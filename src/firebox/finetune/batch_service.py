@@ -51,8 +51,8 @@ class BatchDatasets(Protocol):
         """The blob keys of a READY dataset's files, in order; a 4xx when it is not usable."""
         ...
 
-    def check_output(self, account_id: str, dataset: str) -> None:
-        """Refuse (4xx) an output dataset name that cannot be written."""
+    def claim_output(self, account_id: str, dataset: str, job_name: str) -> None:
+        """Make the output dataset (not READY until stored); a 4xx when it cannot be made."""
         ...
 
     def store_output(self, account_id: str, dataset: str, key: str, job_name: str) -> None:
@@ -73,7 +73,7 @@ class NoDatasets:
     def input_keys(self, account_id: str, dataset: str) -> list[str]:
         raise self._refuse()
 
-    def check_output(self, account_id: str, dataset: str) -> None:
+    def claim_output(self, account_id: str, dataset: str, job_name: str) -> None:
         raise self._refuse()
 
     def store_output(self, account_id: str, dataset: str, key: str, job_name: str) -> None:
@@ -128,14 +128,19 @@ class BatchJobService:
             raise InvalidArgument("inputDatasetId is required.", param="inputDatasetId")
         self._check_model(account_id, spec.model)
         input_keys = self.datasets.input_keys(account_id, spec.input_dataset_id)
-        output = spec.output_dataset_id or f"accounts/{account_id}/datasets/{job_id}-output"
-        self.datasets.check_output(account_id, output)
         raw = (
             spec.inference_parameters.model_dump(by_alias=True, exclude_none=True)
             if spec.inference_parameters
             else {}
         )
         parameters(raw)  # refuses a bad extraBody now, not per line
+        output = spec.output_dataset_id or f"{job_id}-output"
+        with self._db.transaction() as session:
+            if repo.job(session, account_id, job_id) is not None:
+                raise _exists(account_id, job_id)
+        self.datasets.claim_output(account_id, output, job_name(account_id, job_id))
+        if "/" not in output:
+            output = f"accounts/{account_id}/datasets/{output}"
         row = self._new_row(principal, account_id, job_id, BatchApi.FIREWORKS)
         row.display_name = spec.display_name or job_id
         row.model = spec.model
@@ -282,11 +287,7 @@ class BatchJobService:
                 session.flush()
                 session.expunge(row)
         except IntegrityError:
-            raise AlreadyExists(
-                f"Batch job {job_name(row.account_id, row.job_id)!r} already exists; "
-                "pick another id.",
-                headers={"x-should-retry": "false"},
-            ) from None
+            raise _exists(row.account_id, row.job_id) from None
         self.wake()
         return row
 
@@ -298,6 +299,13 @@ class BatchJobService:
                 raise _not_found(account_id, job_id)
             session.expunge(row)
             return row
+
+
+def _exists(account_id: str, job_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"Batch job {job_name(account_id, job_id)!r} already exists; pick another id.",
+        headers={"x-should-retry": "false"},
+    )
 
 
 def _not_found(account_id: str, job_id: str) -> NotFound:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from firebox.clock import Clock
+from firebox.finetune.batch_datasets import DatasetsForBatch
 from firebox.finetune.batch_files import BatchFileService
 from firebox.finetune.batch_runner import BatchRunner
 from firebox.finetune.batch_service import BatchDatasets, BatchJobService
+from firebox.finetune.dataset_service import DatasetService
 from firebox.inference.models import ModelResolver
 from firebox.inference.serving import InferenceService
 from firebox.settings import Settings
@@ -35,13 +37,16 @@ def build_batch(
     blobs: BlobStore,
     inference: InferenceService,
     models: ModelResolver,
+    datasets: DatasetService | None = None,
 ) -> BatchServices:
     files = BatchFileService(db, clock, blobs, settings.batch_file_max_bytes)
 
     def check_model(account_id: str, model: str) -> None:
         models.resolve_text(account_id, model)
 
-    jobs = BatchJobService(db, clock, blobs, check_model)
+    jobs = BatchJobService(
+        db, clock, blobs, check_model, DatasetsForBatch(datasets, blobs) if datasets else None
+    )
     runner = BatchRunner(
         db,
         clock,

@@ -29,17 +29,26 @@ class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with a 413, declared or streamed.
 
     Paths under ``exempt_prefixes`` bound their own bodies (a signed upload URL
-    carries the exact size it accepts) and are streamed to storage, not parsed.
+    carries the exact size it accepts) and are streamed to storage, not parsed;
+    so do paths ending in ``exempt_suffixes`` (a dataset's ``:upload``).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt_prefixes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        exempt_prefixes: tuple[str, ...] = (),
+        exempt_suffixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.exempt_prefixes = exempt_prefixes
+        self.exempt_suffixes = exempt_suffixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (
-            self.exempt_prefixes and scope["path"].startswith(self.exempt_prefixes)
+            (self.exempt_prefixes and scope["path"].startswith(self.exempt_prefixes))
+            or (self.exempt_suffixes and scope["path"].endswith(self.exempt_suffixes))
         ):
             await self.app(scope, receive, send)
             return

@@ -83,6 +83,10 @@ class BlobStore(Protocol):
         """Delete every blob under ``prefix/``; returns how many."""
         ...
 
+    def delete(self, key: str) -> bool:
+        """Delete one blob; whether it existed."""
+        ...
+
     def local_path(self, key: str) -> Path:
         """A local file holding the blob (engines and trainers read files)."""
         ...
@@ -166,6 +170,13 @@ class LocalBlobStore:
         count = sum(1 for _ in _files(folder))
         shutil.rmtree(folder)
         return count
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)
