@@ -16,6 +16,7 @@ from firebox.catalog.deployed_endpoints import router as deployed_models_router
 from firebox.catalog.endpoints import router as catalog_router
 from firebox.deployments import endpoints as deployments_endpoints
 from firebox.finetune import sft_endpoints
+from firebox.finetune import batch_endpoints, batch_openai_endpoints
 from firebox.finetune.dataset_endpoints import router as datasets_router
 from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
@@ -45,6 +46,7 @@ def create_app(services: Services) -> FastAPI:
             )  # reconciles the database's deployments at once
         if services.sft is not None:
             services.sft.runner.start()  # fine-tuning jobs: worker processes, checkpoints
+        services.batch.runner.start()  # batch inference jobs (continues those left running)
         yield
         if warm is not None:
             warm.cancel()
@@ -74,11 +76,13 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(suspension_endpoints.build_router())
     app.include_router(storage_endpoints.build_router())
     app.include_router(sft_endpoints.router)
+    app.include_router(batch_endpoints.build_router())
+    app.include_router(batch_openai_endpoints.build_router())
     app.include_router(datasets_router)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=services.settings.max_body_bytes,
-        exempt_prefixes=(URL_PREFIX,),
+        exempt_prefixes=(URL_PREFIX, "/v1/files"),  # /v1/files: batch_file_max_bytes
         exempt_suffixes=(":upload",),  # streamed to storage under its own size cap
     )
     app.add_middleware(

@@ -25,6 +25,7 @@ from firebox.deployments.drivers.base import DeploymentDriver
 from firebox.deployments.placement import PlacementRules
 from firebox.deployments.runtime import DeploymentRuntime, build_runtime
 from firebox.deployments.wiring import DeploymentSlice, build_deployments
+from firebox.finetune.batch_wiring import BatchServices, build_batch
 from firebox.finetune.dataset_service import DatasetService
 from firebox.finetune.dataset_uploads import DatasetUploads
 from firebox.finetune.dataset_wiring import build_datasets
@@ -72,6 +73,7 @@ class Services:
     tokenizers: TokenizerPool
     storage: Storage
     deployments: DeploymentSlice
+    batch: BatchServices
     datasets: DatasetService
     dataset_uploads: DatasetUploads
     sft: SftServices | None = None
@@ -121,6 +123,7 @@ class Services:
             await self.deployment_runtime.stop()  # its last GPU time reaches the ledger queue first
         if self.sft is not None:
             await self.sft.runner.aclose()  # workers checkpoint; their charges reach the ledger
+        await self.batch.runner.aclose()  # before the engines: its lines are cancelled first
         await self.engines.close()
         self.tokenizers.close()
         await self.money.aclose()
@@ -206,6 +209,9 @@ def build_services(
     models.deployments = runtime.routing
     catalog.deployed_models.placements = PlacementRules(runtime.on_change)
     engines.deployments = runtime
+    inference = InferenceService(
+        models, engines, sink, clock, money.admission, tokenizers, prompt_cap, journal
+    )
     storage = build_storage(settings, clock)
     datasets = build_datasets(settings, db, clock, storage.blobs)
     services = Services(
@@ -222,9 +228,7 @@ def build_services(
         catalog=catalog,
         engines=engines,
         usage=recorded,
-        inference=InferenceService(
-            models, engines, sink, clock, money.admission, tokenizers, prompt_cap, journal
-        ),
+        inference=inference,
         embeddings=EmbeddingService(
             models, engines, sink, clock, money.admission, tokenizers, prompt_cap
         ),
@@ -234,6 +238,7 @@ def build_services(
         storage=storage,
         datasets=datasets,
         dataset_uploads=DatasetUploads(datasets, db, clock, storage),
+        batch=build_batch(settings, db, clock, storage.blobs, inference, models, datasets),
         test_clock=test_clock,
         deployment_runtime=runtime,
     )

@@ -322,6 +322,35 @@ class Settings(BaseSettings):
         description="How many gateway replicas share the limits; without Redis each "
         "replica enforces 1/replicas of an account's rate limit.",
     )
+    batch_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Batch inference requests one replica runs at once (all jobs together).",
+    )
+    batch_max_jobs: int = Field(
+        default=2, ge=1, le=64, description="Batch inference jobs one replica runs at once."
+    )
+    batch_lull_max_wait_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a batch request waits for interactive requests to finish "
+        "before it runs beside them (one at a time), so a batch job never starves.",
+    )
+    batch_poll_s: float = Field(
+        default=2.0, gt=0, description="How often a replica looks for batch jobs to run."
+    )
+    batch_lease_s: float = Field(
+        default=60.0,
+        ge=5,
+        description="A running batch job left this long without a heartbeat (its replica "
+        "died) is taken over by another replica, which continues where it stopped.",
+    )
+    batch_file_max_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        ge=1024,
+        description="Largest file POST /v1/files accepts (OpenAI's batch input limit).",
+    )
 
     deployment_controller: bool = Field(
         default=True,

@@ -36,6 +36,8 @@ class PriceVersion:
     fine_tuning: MappingProxyType[str, int]
     # GPU type -> micro-USD per GPU-hour
     gpu_hour: MappingProxyType[str, int]
+    # Batch inference: this percent of the serverless per-token price (SPEC §2: 50).
+    batch_price_percent: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,13 @@ def _version(raw: dict[str, Any]) -> PriceVersion:
             code="invalid_price_book",
             param="cached_prompt_discount_percent",
         )
+    batch = int(raw.get("batch_price_percent", 50))
+    if not 0 <= batch <= 100:
+        raise InvalidArgument(
+            f"Price version {version_id!r}: batch_price_percent must be 0-100.",
+            code="invalid_price_book",
+            param="batch_price_percent",
+        )
     return PriceVersion(
         id=version_id,
         effective_from=start.astimezone(UTC),
@@ -138,4 +147,5 @@ def _version(raw: dict[str, Any]) -> PriceVersion:
         classes=_prices(raw.get("classes", {}), "classes"),
         fine_tuning=_prices(raw.get("fine_tuning", {}), "fine_tuning"),
         gpu_hour=_prices(raw.get("gpu_hour", {}), "gpu_hour"),
+        batch_price_percent=batch,
     )

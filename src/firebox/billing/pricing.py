@@ -17,7 +17,9 @@ arithmetic and rounded once, half-even, to the micro-dollar.
 - deployment: ``gpu_milliseconds * gpu_hour / 3_600_000``, less the account's
   deployment discount (the only kind a discount applies to); GPU count is
   already folded into ``gpu_milliseconds``;
-- fine_tuning: ``training_tokens * unit`` per 1M, unit by the base model's class.
+- fine_tuning: ``training_tokens * unit`` per 1M, unit by the base model's class;
+- batch: a chat completion of a batch job, priced as chat at the price
+  version's ``batch_price_percent`` of the serving unit (SPEC §2: 50%).
 
 A serving record of a request to an on-demand deployment (``deployment`` set)
 costs nothing per token: the deployment's GPU time is billed instead.
@@ -88,7 +90,7 @@ class Pricer:
         """The exact price of ``record``; raises ``FailedPrecondition`` if it has none."""
         version = self.book.version_at(record.time)
         kind = record.kind
-        if kind in ("chat", "completion", "embedding", "image") and record.deployment:
+        if kind in ("chat", "completion", "embedding", "image", "batch") and record.deployment:
             return self._priced(record, version, 0, 0, 0)
         if kind == "deployment":
             return self._deployment(record, version)
@@ -109,14 +111,16 @@ class Pricer:
             return self._priced(record, version, unit, 0, amount)
         full_percent = 100
         cached_percent = full_percent - version.cached_prompt_discount_percent
+        share = version.batch_price_percent if kind == "batch" else full_percent
         cached = min(record.cached_prompt_tokens, record.prompt_tokens)
         full_tokens = (
             record.prompt_tokens - cached + record.images * TOKENS_PER_IMAGE
         ) + record.completion_tokens
-        numerator = full_tokens * unit * full_percent + cached * unit * cached_percent
-        amount = divide_half_even(numerator, PER_MILLION * full_percent)
-        cached_unit = divide_half_even(unit * cached_percent, full_percent)
-        return self._priced(record, version, unit, cached_unit, amount)
+        numerator = (full_tokens * unit * full_percent + cached * unit * cached_percent) * share
+        amount = divide_half_even(numerator, PER_MILLION * full_percent * full_percent)
+        cached_unit = divide_half_even(unit * cached_percent * share, full_percent * full_percent)
+        shown = divide_half_even(unit * share, full_percent)  # the unit this record paid
+        return self._priced(record, version, shown, cached_unit, amount)
 
     def cost(self, record: UsageRecord) -> int:
         """``price(record).amount_micros``."""
@@ -145,7 +149,9 @@ class Pricer:
         tokens = demand.prompt_tokens
         if demand.kind != "embedding":
             tokens += demand.images * TOKENS_PER_IMAGE + demand.completion_tokens
-        return -(-(tokens * unit) // PER_MILLION)  # round up: a bound must not fall short
+        share = version.batch_price_percent if demand.kind == "batch" else 100
+        # Round up: a bound must not fall short.
+        return -(-(tokens * unit * share) // (PER_MILLION * 100))
 
     def _serving_unit(
         self,

@@ -21,7 +21,8 @@ from typing import Literal, Protocol
 from firebox.accounts.principal import Principal
 from firebox.inference.metering import UsageRecord
 
-DemandKind = Literal["chat", "completion", "embedding", "image"]
+# "batch": a request of a batch inference job; priced at the batch share, never rate-limited.
+DemandKind = Literal["chat", "completion", "embedding", "image", "batch"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,10 @@ from typing import Literal, Protocol
 
 # "interrupted": settled from the in-flight journal after the process serving it died.
 Outcome = Literal["completed", "stopped", "cancelled", "failed", "interrupted"]
-UsageKind = Literal["chat", "completion", "embedding", "image", "deployment", "fine_tuning"]
+# "batch": a chat completion of a batch inference job, priced at the price book's batch share.
+UsageKind = Literal[
+    "chat", "completion", "embedding", "image", "deployment", "fine_tuning", "batch"
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from firebox.inference.metering import (
     UsageSink,
 )
 from firebox.inference.models import ModelRef, ModelResolver
+from firebox.inference.priority import InteractiveTraffic
 from firebox.inference.prompt_size import check_prompt_bytes, prompt_bytes
 from firebox.inference.protocol import ChatCompletionRequest, CompletionRequest
 from firebox.inference.router import EngineRouter
@@ -53,6 +54,7 @@ log = logging.getLogger("firebox.inference")
 IMAGE_PROMPT_TOKENS = 576  # SPEC §2: each image in a prompt is billed as 576 prompt tokens
 
 Body = ChatCompletionRequest | CompletionRequest
+MeteredKind = Literal["chat", "completion", "batch"]
 
 
 @dataclass
@@ -91,6 +93,7 @@ class InferenceService:
         tokenizers: TokenizerPool | None = None,
         max_prompt_bytes: int = 4 * 1024 * 1024,
         journal: UsageJournal | None = None,
+        traffic: InteractiveTraffic | None = None,
     ) -> None:
         self._models = models
         self._router = router
@@ -100,11 +103,18 @@ class InferenceService:
         self._tokenizers = tokenizers or TokenizerPool()
         self._max_prompt_bytes = max_prompt_bytes
         self._journal = journal or NoJournal()
+        # Interactive requests in flight: batch jobs wait for a lull (inference/priority.py).
+        self.traffic = traffic or InteractiveTraffic()
 
     async def generate(
-        self, principal: Principal, body: Body, request_id: str
+        self, principal: Principal, body: Body, request_id: str, *, batch: bool = False
     ) -> Answer | StreamingAnswer:
-        """Answer a chat (``ChatCompletionRequest``) or completions request."""
+        """Answer a chat (``ChatCompletionRequest``) or completions request.
+
+        ``batch``: a request of a batch inference job (``finetune/batch_runner.py``):
+        metered as kind ``batch`` (the price book's batch share), not rate-limited,
+        and not counted as interactive traffic.
+        """
         principal.require(principal.account_id, Permission.INFERENCE)
         kind: Literal["chat", "completion"] = (
             "chat" if isinstance(body, ChatCompletionRequest) else "completion"
@@ -124,6 +134,8 @@ class InferenceService:
         demand = generation_demand(
             body, model, principal.account_id, request_id, images, prompt_tokens
         )
+        if batch:
+            demand = replace(demand, kind="batch")
         ticket = await self._admission.admit(principal, demand)
         try:
             requests = _capped(requests, ticket.completion_cap)
@@ -132,11 +144,17 @@ class InferenceService:
             with anyio.CancelScope(shield=True):
                 await ticket.settle(None)
             raise
-        meter = _Meter(self._usage, self._clock, principal, model, kind, request_id, images, ticket)
+        usage_kind: MeteredKind = "batch" if batch else kind
+        meter = _Meter(
+            self._usage, self._clock, principal, model, usage_kind, request_id, images, ticket
+        )
         # Journaled before the engine runs: if this process dies, a later one closes the ticket's
         # hold and bills what the stream delivered (billing/journal.py).
         meter.progress = self._journal.open(meter.record(None, "interrupted"), ticket.hold)
         meter.journal = self._journal
+        if not batch:
+            self.traffic.enter()
+            meter.traffic = self.traffic  # leaves when its record is emitted
         shape = responses.Shape(kind, request_id, body.model, int(time.time()))
         if body.stream:
             return await self._stream(run, meter, shape, body)
@@ -373,7 +391,7 @@ class _Meter:
         clock: Clock,
         principal: Principal,
         model: ModelRef,
-        kind: Literal["chat", "completion"],
+        kind: MeteredKind,
         request_id: str,
         images: int,
         ticket: Ticket,
@@ -389,6 +407,7 @@ class _Meter:
         self._emitted = False
         self.progress = Progress(request_id)  # what the stream delivered (the journal's)
         self.journal: UsageJournal = NoJournal()
+        self.traffic: InteractiveTraffic | None = None  # counted as interactive until emitted
 
     def prompt_tokens(self, run: GenerationRun) -> int:
         return run.prompt_tokens + IMAGE_PROMPT_TOKENS * self._images
@@ -428,6 +447,8 @@ class _Meter:
         if self._emitted:
             return
         self._emitted = True
+        if self.traffic is not None:
+            self.traffic.leave()
         if outcome == "failed" and not run.produced_output():
             self.journal.close(self.progress)
             await self._ticket.settle(None)  # nothing was produced: nothing to bill

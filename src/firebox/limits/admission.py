@@ -5,7 +5,7 @@ In order (ARCHITECTURE "one request, end to end", step 3):
 1. suspension — an account with a reason is refused with a 402 naming it
    and what lifts it;
 2. the serverless rate limit (requests/min; tokens/min where the operator
-   set them) — never for on-demand deployments nor unlimited plans;
+   set them) — never for on-demand deployments, batch jobs nor unlimited plans;
 3. a spend reservation of the request's worst-case cost. When the room left
    under the cap cannot hold the worst case but can hold the request's floor
    (its prompt plus one token per choice), the request is admitted holding
@@ -245,7 +245,9 @@ class Enforcement:
         limits = self._plans.cached(account)
         if limits is None:
             limits = await to_thread.run_sync(self._plans.load, account)
-        checks = self._checks(account, limits, demand) if demand.deployment is None else []
+        # Deployments and batch jobs are outside the serverless rate limit (SPEC §5, §7).
+        limited = demand.deployment is None and demand.kind != "batch"
+        checks = self._checks(account, limits, demand) if limited else []
         worst = self._money.worst_case_cost(demand)
         floor = self._floor(demand, worst)
         # A soft refusal waits for room: each settlement or release wakes it to try again.

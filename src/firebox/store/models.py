@@ -10,6 +10,7 @@ import firebox.billing.models
 import firebox.catalog.deployed_models
 import firebox.catalog.models
 import firebox.deployments.models
+import firebox.finetune.batch_models
 import firebox.finetune.dataset_models
 import firebox.finetune.sft_models
 import firebox.limits.models  # noqa: F401
