@@ -14,6 +14,7 @@ from firebox.billing import admin_endpoints as billing_admin
 from firebox.billing import endpoints as billing_endpoints
 from firebox.catalog.deployed_endpoints import router as deployed_models_router
 from firebox.catalog.endpoints import router as catalog_router
+from firebox.catalog.upload_endpoints import router as model_uploads_router
 from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
 from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -55,6 +56,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(inference_router("/v1"))
     app.include_router(health_router)
     app.include_router(accounts_router)
+    app.include_router(model_uploads_router)  # before catalog_router's /{model}
     app.include_router(catalog_router)
     app.include_router(deployed_models_router)
     app.include_router(billing_endpoints.build_router())

@@ -20,6 +20,7 @@ from firebox.billing.invoices import InvoiceService
 from firebox.billing.period import PeriodCloseJob, PeriodCloser
 from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
+from firebox.catalog.uploads import ModelUploads, UploadLimits
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink
@@ -61,6 +62,7 @@ class Services:
     money: MoneyServices
     tokenizers: TokenizerPool
     storage: Storage
+    model_uploads: ModelUploads
     test_clock: OffsetClock | None = None
 
     @property
@@ -163,6 +165,22 @@ def build_services(
         settings.tokenizer_account_queue,
     )
     prompt_cap = settings.max_prompt_bytes
+    storage = build_storage(settings, clock)
+    model_uploads = ModelUploads(
+        db,
+        clock,
+        catalog,
+        storage.blobs,
+        storage.signer,
+        url_ttl_s=storage.url_ttl_s,
+        limits=UploadLimits(
+            max_file_bytes=settings.model_upload_max_file_bytes,
+            max_files=settings.model_upload_max_files,
+            account_quota_bytes=settings.account_storage_quota_bytes,
+            max_lora_rank=settings.lora_max_rank,
+        ),
+        models_dir=models_dir,
+    )
     return Services(
         settings=settings,
         db=db,
@@ -185,6 +203,7 @@ def build_services(
         ),
         money=money,
         tokenizers=tokenizers,
-        storage=build_storage(settings, clock),
+        storage=storage,
+        model_uploads=model_uploads,
         test_clock=test_clock,
     )
