@@ -63,11 +63,25 @@ class Problem:
 
 
 class UploadProblems(ValueError):
-    """The uploaded files cannot be served; ``problems`` names each file and what is wrong."""
+    """The uploaded files cannot be served; ``problems`` names each file and what is wrong.
+
+    At most ``PER_FILE`` problems are kept per file (a wrong base shows in
+    every layer), then one line says how many more there were.
+    """
+
+    PER_FILE = 4
 
     def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("; ".join(str(p) for p in problems))
-        self.problems = problems
+        kept: list[Problem] = []
+        extra: dict[str, int] = {}
+        for problem in problems:
+            if sum(1 for p in kept if p.file == problem.file) < self.PER_FILE:
+                kept.append(problem)
+            else:
+                extra[problem.file] = extra.get(problem.file, 0) + 1
+        kept += [Problem(f, f"... and {n} more problems like these") for f, n in extra.items()]
+        super().__init__("; ".join(str(p) for p in kept))
+        self.problems = kept
 
 
 @dataclass(frozen=True, slots=True)

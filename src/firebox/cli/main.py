@@ -25,13 +25,13 @@ from rich.console import Console
 from rich.text import Text
 
 from firebox.cli.argv import hoist_global_options
-from firebox.cli.commands import accounts, api_keys, billing, limits, server, users
+from firebox.cli.commands import accounts, api_keys, billing, limits, models, server, users
 from firebox.cli.context import DEFAULT_BASE_URL, GlobalOptions
 from firebox.cli.errors import EXIT_CODES_HELP, CliError
 from firebox.cli.output import OutputFormat
 from firebox.cli.verbs import Verbs
 
-NOUNS = (accounts, users, api_keys, billing, limits)
+NOUNS = (accounts, users, api_keys, billing, limits, models)
 
 
 def root_options(
@@ -73,6 +73,7 @@ def build_app() -> typer.Typer:
     app.callback()(root_options)
     server.register(app)
     billing.register_root(app)
+    models.register_root(app)
     verbs = Verbs.build()
     for noun in NOUNS:
         noun.register(verbs)
