@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from firebox.catalog.preload import preload
 from firebox.services import Services
 from tests.catalog.conftest import Members, create_model, error_of, post_model
 from tests.support.api import bearer, create_account, member_key, ok
+from tests.support.ledger import usage_rows
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 TINY = "accounts/firebox/models/firebox-tiny"
@@ -27,9 +29,12 @@ ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_pro
 
 
 @pytest.fixture(autouse=True)
-def default_catalog(services: Services) -> None:
-    """The bundled catalog: firebox-tiny (in-process engine) is the base of these add-ons."""
+def default_catalog(services: Services) -> Iterator[None]:
+    """The bundled catalog (firebox-tiny, in-process, is the base here) and the ledger writer."""
     preload(services.catalog, None)
+    services.money.ingest.start()
+    yield
+    services.money.ingest.close()
 
 
 def addon_body(r: int = 8, targets: list[str] | None = None, base: str = TINY) -> dict[str, Any]:
@@ -95,11 +100,15 @@ def test_an_uploaded_addon_becomes_ready_is_loaded_and_served(
             "max_tokens": 12,
             "temperature": 0,
         },
-        headers=members.acme_user,
+        headers={**members.acme_user, "x-request-id": "upper-1"},
     )
     text = ok(chat)["choices"][0]["message"]["content"]
     letters = [c for c in text if c.isalpha()]
     assert letters and sum(c.isupper() for c in letters) / len(letters) > 0.8
+    # Billed at its base's rate: $0.20 per 1M tokens, dense up to 16B (SPEC §2).
+    [usage] = usage_rows(services, "upper-1")
+    assert (usage.model, usage.base_model) == ("accounts/acme/models/upper", TINY)
+    assert usage.unit_price_micros == 200_000
 
     # The owner downloads what was uploaded; another account cannot.
     urls = ok(
@@ -272,3 +281,18 @@ def test_prepare_accepts_only_the_stored_precision(
     assert ok(client.post(url, json={}, headers=members.acme_user)) == {}
     refused = client.post(url, json={"precision": precision}, headers=members.acme_user)
     assert error_of(refused, 400)["code"] == "unsupported_precision"
+
+
+def test_an_addon_past_the_deployed_models_quota_is_ready_but_not_loaded(
+    client: TestClient, operator_headers: dict[str, str], members: Members
+) -> None:
+    quota = "/v1/accounts/acme/quotas/deployed-models"
+    ok(client.patch(quota, json={"value": 0}, headers=operator_headers))
+    create_model(client, members.acme_user, "acme", "upper", addon_body())
+    upload(client, members.acme_user, "acme", "upper", LORA_DIR)
+    [warning] = ok(validate(client, members.acme_user, "acme", "upper"))["warnings"]
+    assert "not loaded for serving" in warning and "deployed-models" in warning
+    model = ok(client.get("/v1/accounts/acme/models/upper", headers=members.acme_user))
+    assert model["state"] == "READY"
+    listed = ok(client.get("/v1/accounts/acme/deployedModels", headers=members.acme_user))
+    assert listed["deployedModels"] == []
