@@ -228,6 +228,11 @@ def test_custom_base_models_are_for_enterprise_accounts(
     priced = client.patch("/v1/accounts/bigco/models/own", json={"price": "0.01"}, headers=key)
     assert error_of(priced, 403)["param"] == "price"
     upload(client, key, "bigco", "own", tiny)
+    # An add-on of a base still UPLOADING waits for it.
+    create_model(client, key, "bigco", "own-lora", addon_body(base="accounts/bigco/models/own"))
+    upload(client, key, "bigco", "own-lora", LORA_DIR)
+    early = error_of(validate(client, key, "bigco", "own-lora"), 400)["message"]
+    assert "accounts/bigco/models/own is not served yet" in early
     ok(validate(client, key, "bigco", "own"))
     model = ok(client.get("/v1/accounts/bigco/models/own", headers=key))
     assert model["state"] == "READY"
@@ -244,8 +249,6 @@ def test_custom_base_models_are_for_enterprise_accounts(
     )
     assert ok(chat)["usage"]["completion_tokens"] >= 1
     # An add-on of the own base is in use: deleting the base is refused, naming it.
-    create_model(client, key, "bigco", "own-lora", addon_body(base="accounts/bigco/models/own"))
-    upload(client, key, "bigco", "own-lora", LORA_DIR)
     ok(validate(client, key, "bigco", "own-lora"))
     busy = client.delete("/v1/accounts/bigco/models/own", headers=key)
     assert "accounts/bigco/models/own-lora" in error_of(busy, 400)["message"]

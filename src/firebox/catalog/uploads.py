@@ -91,6 +91,7 @@ class _Pending:
     base_path: str | None  # the folder of an add-on's base, when the local engine serves it
     upstream_bound: bool
     price_set: bool
+    unserved_base: str | None = None  # an add-on's base that has no engine (yet)
 
 
 def files_prefix(account_id: str, model_id: str) -> str:
@@ -265,6 +266,11 @@ class ModelUploads:
                 base_path=base_engine.path if isinstance(base_engine, LocalEngine) else None,
                 upstream_bound=own_engine is not None and not isinstance(own_engine, LocalEngine),
                 price_set=row.price_micro_usd is not None,
+                unserved_base=(
+                    model_name(base.account_id, base.model_id)
+                    if base is not None and base_engine is None
+                    else None
+                ),
             )
 
     def _check(self, pending: _Pending) -> tuple[Path, dict[str, object], list[str]]:
@@ -280,6 +286,16 @@ class ModelUploads:
         first = sorted(pending.files)[0]
         folder = self._blobs.local_path(f"{pending.prefix}/{first}").parent
         if pending.kind is ModelKind.LORA_ADDON:
+            if pending.unserved_base is not None:
+                raise UploadProblems(
+                    [
+                        Problem(
+                            "adapter_config.json",
+                            f"the base model {pending.unserved_base} is not served yet (is it "
+                            "still UPLOADING?); validate the base model first, then this add-on",
+                        )
+                    ]
+                )
             facts = check_adapter(
                 folder,
                 pending.files,
