@@ -18,6 +18,7 @@ from firebox.deployments import endpoints as deployments_endpoints
 from firebox.finetune import sft_endpoints
 from firebox.finetune import batch_endpoints, batch_openai_endpoints
 from firebox.finetune.dataset_endpoints import router as datasets_router
+from firebox.catalog.upload_endpoints import router as model_uploads_router
 from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
 from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -66,6 +67,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(inference_router("/v1"))
     app.include_router(health_router)
     app.include_router(accounts_router)
+    app.include_router(model_uploads_router)  # before catalog_router's /{model}
     app.include_router(catalog_router)
     app.include_router(deployed_models_router)
     app.include_router(deployments_endpoints.build_router())

@@ -20,6 +20,7 @@ from firebox.billing.invoices import InvoiceService
 from firebox.billing.period import PeriodCloseJob, PeriodCloser
 from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
+from firebox.catalog.uploads import ModelUploads, UploadLimits
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.deployments.drivers.base import DeploymentDriver
 from firebox.deployments.placement import PlacementRules
@@ -77,6 +78,7 @@ class Services:
     datasets: DatasetService
     dataset_uploads: DatasetUploads
     sft: SftServices | None = None
+    model_uploads: ModelUploads
     test_clock: OffsetClock | None = None
     deployment_runtime: DeploymentRuntime | None = None
 
@@ -215,6 +217,23 @@ def build_services(
     storage = build_storage(settings, clock)
     datasets = build_datasets(settings, db, clock, storage.blobs)
     services = Services(
+    storage = build_storage(settings, clock)
+    model_uploads = ModelUploads(
+        db,
+        clock,
+        catalog,
+        storage.blobs,
+        storage.signer,
+        url_ttl_s=storage.url_ttl_s,
+        limits=UploadLimits(
+            max_file_bytes=settings.model_upload_max_file_bytes,
+            max_files=settings.model_upload_max_files,
+            account_quota_bytes=settings.account_storage_quota_bytes,
+            max_lora_rank=settings.lora_max_rank,
+        ),
+        models_dir=models_dir,
+    )
+    return Services(
         settings=settings,
         db=db,
         clock=clock,
@@ -239,6 +258,7 @@ def build_services(
         datasets=datasets,
         dataset_uploads=DatasetUploads(datasets, db, clock, storage),
         batch=build_batch(settings, db, clock, storage.blobs, inference, models, datasets),
+        model_uploads=model_uploads,
         test_clock=test_clock,
         deployment_runtime=runtime,
     )

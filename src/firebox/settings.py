@@ -316,6 +316,23 @@ class Settings(BaseSettings):
         description="Slowest upload rate the body deadline allows: a request body may take "
         "FIREBOX_BODY_TIMEOUT_S plus its declared length at this rate.",
     )
+    model_upload_max_file_bytes: int = Field(
+        default=50 * 1024**3,
+        ge=1,
+        description="Largest single file of a model upload (adapter or base-model weights).",
+    )
+    model_upload_max_files: int = Field(
+        default=256, ge=1, le=10_000, description="Most files one model upload may register."
+    )
+    account_storage_quota_bytes: int = Field(
+        default=200 * 1024**3,
+        ge=0,
+        description="Storage each account may fill with uploaded model files, all models "
+        "together (declared sizes count from the moment upload URLs are handed out).",
+    )
+    lora_max_rank: int = Field(
+        default=64, ge=1, le=1024, description="Largest LoRA rank an uploaded add-on may have."
+    )
     replicas: int = Field(
         default=1,
         ge=1,

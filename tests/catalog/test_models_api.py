@@ -179,7 +179,7 @@ def test_members_manage_addons_only_and_never_bindings(
 ) -> None:
     _platform_base(client, operator_headers)
     base = post_model(client, members.acme_user, "acme", "mine", text_base(7e9))
-    assert error_of(base, 403)["code"] == "operator_only"
+    assert error_of(base, 403)["code"] == "plan_required"
     embed = post_model(client, members.acme_user, "acme", "emb", embedding())
     assert error_of(embed, 403)["code"] == "operator_only"
     for field, value in (("engine", UPSTREAM), ("upstreamAdapter", "other-tenant-adapter")):
@@ -207,9 +207,9 @@ def test_members_manage_addons_only_and_never_bindings(
     touch = client.patch(
         "/v1/accounts/acme/models/acme-base", json={"displayName": "x"}, headers=members.acme_user
     )
-    assert error_of(touch, 403)["code"] == "operator_only"
+    assert error_of(touch, 403)["code"] == "plan_required"
     drop = client.delete("/v1/accounts/acme/models/acme-base", headers=members.acme_user)
-    assert error_of(drop, 403)["code"] == "operator_only"
+    assert error_of(drop, 403)["code"] == "plan_required"
     platform = client.patch(
         f"/v1/{OP_BASE}", json={"displayName": "mine now"}, headers=members.acme_user
     )

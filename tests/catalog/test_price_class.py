@@ -28,7 +28,13 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("embedding 350M", embedding(350e6), "EMBEDDING_150M_TO_350M"),
     ("embedding 351M", embedding(351e6), None),
     ("embedding 1B", embedding(1e9), None),
-    ("text without a size", {"kind": "HF_BASE_MODEL"}, None),
+    # Bound to an engine, so it could be served; without an engine it would wait for
+    # uploaded weights (UPLOADING), whose headers give the size (test_model_uploads.py).
+    (
+        "text without a size",
+        {"kind": "HF_BASE_MODEL", "engine": {"type": "local", "path": "x"}},
+        None,
+    ),
 ]
 
 

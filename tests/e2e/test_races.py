@@ -257,6 +257,20 @@ def case_load_addon(http: httpx.Client, tag: str) -> Burst:
     )
 
 
+def case_upload_endpoint(http: httpx.Client, tag: str) -> Burst:
+    """Model uploads: one file set registered by every request at once."""
+    a = account(http, f"up-{tag}")
+    ok(http.post(f"/v1/accounts/{a}/models", json=addon_model("lora"), headers=OPERATOR))
+    body = {"filenameToSize": {"adapter_config.json": "10", "adapter_model.safetensors": "99"}}
+    return Burst(same(N, "POST", f"/v1/accounts/{a}/models/lora:getUploadEndpoint", body), {200})
+
+
+def case_prepare_model(http: httpx.Client, tag: str) -> Burst:
+    a = account(http, f"pm-{tag}")
+    ok(http.post(f"/v1/accounts/{a}/models", json=addon_model("lora"), headers=OPERATOR))
+    return Burst(same(N, "POST", f"/v1/accounts/{a}/models/lora:prepare", {}), {200})
+
+
 def case_unload_addon(http: httpx.Client, tag: str) -> Burst:
     """Issue 15 #1: the same deployed model unloaded by every request of the burst."""
     a = account(http, f"ul-{tag}")
@@ -499,6 +513,8 @@ MUTATING_ROUTES = {
     ("POST", "/v1/accounts/{account}/models"): "create_model",
     ("PATCH", "/v1/accounts/{account}/models/{model}"): "edit_and_delete_model",
     ("DELETE", "/v1/accounts/{account}/models/{model}"): "delete_model",
+    ("POST", "/v1/accounts/{account}/models/{model}:getUploadEndpoint"): "upload_endpoint",
+    ("POST", "/v1/accounts/{account}/models/{model}:prepare"): "prepare_model",
     ("POST", "/v1/accounts/{account}/deployedModels"): "load_addon",
     ("PATCH", "/v1/accounts/{account}/deployedModels/{deployed_model}"): "edit_and_unload_addon",
     ("DELETE", "/v1/accounts/{account}/deployedModels/{deployed_model}"): "unload_addon",

@@ -38,6 +38,8 @@ def test_0005_recounts_the_deployed_models_quota(database: Database) -> None:
     """Add-ons loaded before 0005 by catalog files held no quota unit; 0005 counts them."""
     from datetime import UTC, datetime
 
+    from sqlalchemy import insert
+
     from firebox.accounts.models import AccountRow
     from firebox.catalog.deployed_models import DeployedModelRow
     from firebox.catalog.models import ModelRow
@@ -49,21 +51,30 @@ def test_0005_recounts_the_deployed_models_quota(database: Database) -> None:
         session.add(AccountRow(id="acme", plan="BUSINESS", create_time=now, update_time=now))
         session.flush()
         for name in ("a", "b"):
-            model = ModelRow(
-                account_id="acme",
-                model_id=name,
-                kind="HF_PEFT_ADDON",
-                create_time=now,
-                update_time=now,
+            # Only the columns 0004 has: later migrations add more to ModelRow.
+            inserted = session.execute(
+                insert(ModelRow.__table__).values(
+                    account_id="acme",
+                    model_id=name,
+                    kind="HF_PEFT_ADDON",
+                    display_name=name,
+                    description="",
+                    public=False,
+                    state="READY",
+                    supports_image_input=False,
+                    supports_tools=False,
+                    supports_lora=False,
+                    moe=False,
+                    create_time=now,
+                    update_time=now,
+                )
             )
-            session.add(model)
-            session.flush()
-            # Core, naming the columns of 0004 (the model has columns added since).
+            # Core, naming the columns of 0004 (the row has columns added since).
             session.execute(
                 DeployedModelRow.__table__.insert().values(
                     account_id="acme",
                     deployed_model_id=name,
-                    model_pk=model.pk,
+                    model_pk=inserted.inserted_primary_key[0],
                     display_name="",
                     description="",
                     state="DEPLOYED",

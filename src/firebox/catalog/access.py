@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from firebox.accounts.bootstrap import PLATFORM_ACCOUNT
 from firebox.accounts.principal import Principal
-from firebox.accounts.roles import Permission
+from firebox.accounts.roles import Permission, Plan
 from firebox.catalog import repository as repo
 from firebox.catalog.kinds import ModelKind, model_name
 from firebox.catalog.models import ModelRow
@@ -30,11 +30,27 @@ def model_not_found(name: str) -> NotFound:
     )
 
 
-def authorize_write(principal: Principal, kind: ModelKind, fields: set[str]) -> None:
-    """Members manage LoRA add-ons only, and never engine bindings."""
+def authorize_write(
+    principal: Principal, kind: ModelKind, fields: set[str], plan: Plan | None = None
+) -> None:
+    """Members manage LoRA add-ons (and, on Enterprise, base models), never engine bindings.
+
+    ``plan`` is the plan of the account written to; custom base models (their
+    own weights, uploaded) are an Enterprise capability (SPEC §1).
+    """
     if principal.is_operator:
         return
-    if kind is not ModelKind.LORA_ADDON:
+    own_base = kind is ModelKind.TEXT_BASE and plan is Plan.ENTERPRISE
+    if kind is ModelKind.TEXT_BASE and not own_base:
+        shown = plan.value.title() if plan is not None else "its"
+        raise PermissionDenied(
+            f"Custom base models (kind HF_BASE_MODEL, your own weights) need the Enterprise "
+            f"plan; this account is on the {shown} plan. Ask the operator to change the "
+            "plan, or create a LoRA add-on (kind HF_PEFT_ADDON) on a base model you can see.",
+            code="plan_required",
+            param="kind",
+        )
+    if kind is not ModelKind.LORA_ADDON and not own_base:
         raise PermissionDenied(
             f"Only the platform operator may create or change {kind.value} models; "
             "you may create LoRA add-ons (kind HF_PEFT_ADDON) on a base model you can see.",
@@ -45,12 +61,13 @@ def authorize_write(principal: Principal, kind: ModelKind, fields: set[str]) -> 
         ("engine", "engine"),
         ("upstream_adapter", "upstreamAdapter"),
         ("adapter_path", "adapterPath"),
+        ("price", "price"),
     ):
         if field in fields:
             raise PermissionDenied(
                 f"Only the platform operator may set {param}: it tells the gateway which "
-                "engine to call, or an engine what to read. Omit it; an add-on is served "
-                "by its base model's engine.",
+                "engine to call, an engine what to read, or what a model costs. Omit it; "
+                "uploaded files are served by the engine the validation picks.",
                 code="operator_only",
                 param=param,
             )

@@ -48,5 +48,8 @@ class ModelRow(Base):
     adapter_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     price_micro_usd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     engine: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    upload_files: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    upload_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    status_message: Mapped[str | None] = mapped_column(String(4000), nullable=True)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -24,6 +24,7 @@ _TEXT, _ADDON, _EMBED, _IMAGE = (
     ModelKind.EMBEDDING,
     ModelKind.IMAGE,
 )
+READY, UPLOADING = "READY", "UPLOADING"
 _INHERITED = " (a LoRA add-on inherits it from its base model)"
 
 # Fields that only some kinds may set, and why the others may not.
@@ -99,6 +100,9 @@ def new_row(account_id: str, model_id: str, kind: ModelKind, now: datetime) -> M
         description="",
         public=False,
         state="READY",
+        upload_files=None,
+        upload_bytes=None,
+        status_message=None,
         context_length=None,
         supports_image_input=False,
         supports_tools=False,
@@ -152,6 +156,20 @@ def apply_spec(row: ModelRow, spec: ModelSpec, fields: set[str]) -> None:
         row.target_modules = list(spec.peft_details.target_modules)
 
 
+def initial_state(row: ModelRow) -> str:
+    """UPLOADING for a model whose weights are still to come, else READY.
+
+    A LoRA add-on without a folder or an upstream adapter name, and a text
+    base model without an engine, wait for their files (``:getUploadEndpoint``).
+    """
+    kind = ModelKind(row.kind)
+    if kind is _ADDON and row.adapter_path is None and row.upstream_adapter is None:
+        return UPLOADING
+    if kind is _TEXT and row.engine is None:
+        return UPLOADING
+    return READY
+
+
 def check_public(row: ModelRow) -> None:
     """Only the platform account's models are shared with every account."""
     if row.public and row.account_id != PLATFORM_ACCOUNT:
@@ -179,6 +197,8 @@ def check_price(row: ModelRow) -> None:
     kind = ModelKind(row.kind)
     if kind is _ADDON or row.price_micro_usd is not None:
         return
+    if row.state == UPLOADING and row.parameter_count is None:
+        return  # its count comes from the uploaded weights; checked again at validation
     variant = ImageVariant(row.image_variant) if row.image_variant else None
     if classify(kind, row.parameter_count, row.moe, variant) is None:
         raise InvalidArgument(

@@ -192,6 +192,13 @@ def engine_view(binding: EngineBinding | None) -> LocalEngineView | UpstreamEngi
     return UpstreamEngineView.of(binding)
 
 
+class ModelStatus(WireModel):
+    """Why a model is not READY: the last validation's verdict (the SDK's ``Status``)."""
+
+    code: str
+    message: str
+
+
 class Model(WireModel):
     """A model as the SDK's ``Model`` type reads it, plus Firebox's pricing and binding."""
 
@@ -199,7 +206,8 @@ class Model(WireModel):
     display_name: str
     description: str
     kind: ModelKind
-    state: Literal["READY"] = "READY"
+    state: Literal["READY", "UPLOADING"] = "READY"
+    status: ModelStatus | None = None
     public: bool
     context_length: int | None
     supports_image_input: bool
@@ -243,6 +251,8 @@ class Model(WireModel):
             description=row.description,
             kind=resolved.kind,
             public=row.public,
+            state="UPLOADING" if row.state == "UPLOADING" else "READY",
+            status=_status(row),
             context_length=resolved.context_length,
             supports_image_input=resolved.supports_image_input,
             supports_tools=row.supports_tools,
@@ -259,6 +269,17 @@ class Model(WireModel):
             create_time=row.create_time,
             update_time=row.update_time,
         )
+
+
+def _status(row: ModelRow) -> ModelStatus:
+    if row.status_message:
+        return ModelStatus(code="INVALID_ARGUMENT", message=row.status_message)
+    if row.state == "UPLOADING":
+        return ModelStatus(
+            code="OK",
+            message="Waiting for files: :getUploadEndpoint, upload, then :validateUpload.",
+        )
+    return ModelStatus(code="OK", message="")
 
 
 class ModelList(WireModel):

@@ -17,7 +17,7 @@ from firebox.accounts import repository as accounts_repo
 from firebox.accounts.bootstrap import PLATFORM_ACCOUNT
 from firebox.accounts.ids import validate_id
 from firebox.accounts.principal import Principal
-from firebox.accounts.roles import Permission
+from firebox.accounts.roles import Permission, Plan
 from firebox.catalog import access, rules
 from firebox.catalog import deployed_repository as deployed_repo
 from firebox.catalog import repository as repo
@@ -65,6 +65,8 @@ class CatalogService:
         self._clock = clock
         self._index = ModelIndex(self._load_index, refresh_s, timer)
         self.deployed_models = DeployedModelService(db, clock, self._index.rebuild)
+        # Called with (account, model) after a model is deleted (its uploaded files go).
+        self.deleted_listeners: list[Callable[[str, str], None]] = []
 
     # -- the hot path ----------------------------------------------------------
 
@@ -123,13 +125,16 @@ class CatalogService:
             )
         spec = body.model
         kind = spec.kind or ModelKind.LORA_ADDON
-        access.authorize_write(principal, kind, spec.given())
+        if kind is not ModelKind.TEXT_BASE:
+            access.authorize_write(principal, kind, spec.given())
         try:
             with self._db.transaction() as session:
-                if accounts_repo.get_account(session, account_id) is None:
+                account = accounts_repo.get_account(session, account_id)
+                if account is None:
                     raise NotFound(
                         f"Account {account_id!r} was not found.", code="account_not_found"
                     )
+                access.authorize_write(principal, kind, spec.given(), Plan(account.plan))
                 if repo.get_model(session, account_id, model_id) is not None:
                     raise AlreadyExists(
                         f"Model {model_name(account_id, model_id)!r} already exists."
@@ -188,7 +193,7 @@ class CatalogService:
                     code="kind_immutable",
                     param="kind",
                 )
-            access.authorize_write(principal, kind, fields)
+            access.authorize_write(principal, kind, fields, _plan(session, account_id))
             rules.check_kind_fields(kind, spec, fields)
             rules.check_required(kind, spec, creating=False)
             rules.apply_spec(row, spec, fields)
@@ -197,6 +202,8 @@ class CatalogService:
                 if spec.peft_details is not None
                 else self._base_of(session, row)
             )
+            if row.state == rules.UPLOADING:
+                row.state = rules.initial_state(row)  # the operator bound it meanwhile
             rules.check_public(row)
             rules.check_price(row)
             row.update_time = self._clock.now()
@@ -211,7 +218,9 @@ class CatalogService:
         try:
             with self._db.transaction() as session:
                 row = access.writable(session, principal, account_id, model_id)
-                access.authorize_write(principal, ModelKind(row.kind), set())
+                access.authorize_write(
+                    principal, ModelKind(row.kind), set(), _plan(session, account_id)
+                )
                 addons = repo.addons_of(session, row.pk)
                 if addons:
                     raise self._in_use(name, addons)
@@ -225,6 +234,8 @@ class CatalogService:
                 addons = repo.addons_of(session, row_now.pk) if row_now else []
             raise self._in_use(name, addons) from None
         self._index.rebuild()
+        for listener in self.deleted_listeners:
+            listener(account_id, model_id)
 
     # -- catalog files ---------------------------------------------------------
 
@@ -294,6 +305,7 @@ class CatalogService:
         base = None
         if spec.peft_details is not None:
             base = self._attach_base(session, row, spec.peft_details)
+        row.state = rules.initial_state(row)
         rules.check_public(row)
         rules.check_price(row)
         return row, base
@@ -344,3 +356,8 @@ class CatalogService:
             "Delete those add-ons first.",
             code="model_has_addons",
         )
+
+
+def _plan(session: Session, account_id: str) -> Plan | None:
+    account = accounts_repo.get_account(session, account_id)
+    return Plan(account.plan) if account is not None else None

@@ -32,6 +32,7 @@ from firebox.cli.commands import (
     datasets,
     deployments,
     limits,
+    models,
     server,
     sft_jobs,
     users,
@@ -41,7 +42,7 @@ from firebox.cli.errors import EXIT_CODES_HELP, CliError
 from firebox.cli.output import OutputFormat
 from firebox.cli.verbs import Verbs
 
-NOUNS = (accounts, users, api_keys, billing, limits, deployments, datasets, sft_jobs)
+NOUNS = (accounts, users, api_keys, billing, limits, models, deployments, datasets, sft_jobs)
 
 
 def root_options(
@@ -84,6 +85,7 @@ def build_app() -> typer.Typer:
     server.register(app)
     billing.register_root(app)
     sft_jobs.register_root(app)
+    models.register_root(app)
     verbs = Verbs.build()
     for noun in NOUNS:
         noun.register(verbs)
