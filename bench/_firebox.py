@@ -18,7 +18,7 @@ import secrets
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,11 +127,13 @@ def start_firebox(
     extra_env: dict[str, str] | None = None,
     src: Path | None = None,
     profile: Path | None = None,
+    wrap: Sequence[str] = (),
 ) -> tuple[Server, str]:
     """Firebox on a free port with its own data dir; returns it and a member's key.
 
     ``src``: run the ``firebox`` package found there instead of this tree's.
     ``profile``: run it under cProfile, which writes its stats there when it stops.
+    ``wrap``: a command line to run the server under (``valgrind --tool=callgrind ...``).
     """
     port = free_port()
     admin_key = "fw_bench_" + secrets.token_hex(16)
@@ -151,6 +153,7 @@ def start_firebox(
     if profile is not None:
         argv = [sys.executable, str(ROOT / "bench" / "_profiled.py"), str(profile), *argv[1:]]
     argv += ["--data-dir", str(work / f"{name}-data")]
+    argv = [*wrap, *argv]
     server = start(
         name,
         argv,
@@ -158,7 +161,7 @@ def start_firebox(
         health_path="/healthz",
         log_dir=work,
         env=env,
-        timeout_s=120,
+        timeout_s=600 if wrap else 120,
     )
     try:
         return server, member_key(server.url, admin_key)

@@ -22,6 +22,13 @@ measured one after the other within a round, ``--rounds`` times; medians
 kept. Nothing is recorded: copy the table into ``docs/benchmarks.md``
 ("Gateway CPU per request") by hand with the date and machine.
 
+``--callgrind`` runs every server under valgrind's callgrind (instrumented
+only once it has started) and reports the instructions it executes per
+request instead of CPU time: slower (use ``--requests 200``), but exact
+to within a fraction of a percent on a machine others are loading, where
+CPU time still moves by 10-20% (cache and core contention). Needs Debian's
+``valgrind``.
+
 ``--profile DIR`` runs every server under cProfile and writes
 ``DIR/<target>.pstats`` when it stops (read them with ``python -m pstats``).
 Profiling inflates every figure; compare profiles with profiles only.
@@ -31,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -60,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", default="plain,stream", help="plain, stream or both")
     parser.add_argument("--access-log", choices=("on", "off"), default="on")
     parser.add_argument("--profile", type=Path, help="cProfile each server into this folder")
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count instructions per request (valgrind)"
+    )
+    parser.add_argument("--callgrind-keep", type=Path, help="with --callgrind: keep the dumps here")
     return parser.parse_args(argv)
 
 
@@ -77,6 +90,61 @@ def cpu_seconds(pid: int) -> float:
             times = proc.cpu_times()
             total += times.user + times.system
     return total
+
+
+class Callgrind:
+    """Instruction counts of servers run under ``valgrind --tool=callgrind``.
+
+    Each thread is counted apart (``--separate-threads``): the event loop's
+    thread (the process's first) serves every request and bounds the
+    throughput; the others are the ledger writer, the journal's flusher and
+    worker threads, which share its GIL.
+    """
+
+    def __init__(self, work: Path, keep: Path | None = None) -> None:
+        self.work = work
+        self.keep = keep  # copy every dump here (read them with callgrind_annotate)
+        self.dumps = 0
+
+    def wrap(self, label: str) -> list[str]:
+        out = self.work / f"callgrind.{label}.%p"
+        return [
+            shutil.which("valgrind") or "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",  # start-up runs uninstrumented (fast); see start()
+            "--separate-threads=yes",
+            f"--callgrind-out-file={out}",
+        ]
+
+    @staticmethod
+    def control(pid: int, *flags: str) -> None:
+        subprocess.run(["callgrind_control", *flags, str(pid)], check=True, capture_output=True)
+
+    def start(self, pid: int) -> None:
+        self.control(pid, "--instr=on")
+
+    def instructions(self, pid: int) -> tuple[int, int]:
+        """Instructions since the last call (or ``start``), all threads and the event loop's.
+
+        Dumps (which zeroes the counters) and reads the dump files.
+        """
+        before = set(self.work.glob("callgrind.*"))
+        self.control(pid, "--dump")
+        self.dumps += 1
+        total = loop = 0
+        for dump in sorted(set(self.work.glob("callgrind.*")) - before):
+            for line in dump.read_text().splitlines():
+                if line.startswith(("summary:", "totals:")):
+                    count = int(line.split()[1])
+                    total += count
+                    if dump.name.endswith("-01"):  # thread 1: the main thread, the loop's
+                        loop += count
+                    break
+            if self.keep is not None:
+                self.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(dump, self.keep / f"{dump.name}.{self.dumps}")
+            dump.unlink()
+        return total, loop
 
 
 def drive(url: str, key: str, stream: bool, count: int, connections: int) -> None:
@@ -104,6 +172,22 @@ def drive(url: str, key: str, stream: bool, count: int, connections: int) -> Non
         raise RuntimeError(f"{url}: {errors[0]}")
 
 
+def measure(
+    server: Server, key: str, stream: bool, args: argparse.Namespace, grind: Callgrind | None
+) -> dict[str, float]:
+    """One cell: warm up, then the server's cost of ``args.requests`` requests, per request."""
+    url, pid = server.url + CHAT, server.process.pid
+    drive(url, key, stream, args.warmup, args.concurrency)
+    if grind is not None:
+        grind.instructions(pid)  # drops the warm-up's
+        drive(url, key, stream, args.requests, args.concurrency)
+        total, loop = grind.instructions(pid)
+        return {"instructions": total / args.requests, "loop instructions": loop / args.requests}
+    before = cpu_seconds(pid)
+    drive(url, key, stream, args.requests, args.concurrency)
+    return {"CPU-µs": (cpu_seconds(pid) - before) / args.requests * 1e6}
+
+
 def start_upstream(work: Path) -> Server:
     port = free_port()
     argv = [sys.executable, str(FAKE), "--port", str(port), "--model", UPSTREAM_MODEL]
@@ -129,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             catalog = _firebox.write_catalog(
                 work / "catalog.toml", upstream.url + "/v1", UPSTREAM_MODEL
             )
+            grind = Callgrind(work, args.callgrind_keep) if args.callgrind else None
             names = ["this tree", *args.rev]
             targets: list[tuple[str, Server, str]] = []
             for i, name in enumerate(names):
@@ -147,42 +232,44 @@ def main(argv: list[str] | None = None) -> int:
                     extra_env={"FIREBOX_ENFORCEMENT": "true"},
                     src=src,
                     profile=profile,
+                    wrap=grind.wrap(label) if grind else (),
                 )
                 servers.append(server)
+                if grind:
+                    grind.start(server.process.pid)
                 targets.append((name, server, key))
-            results: dict[tuple[str, str], list[float]] = {}
+            results: dict[tuple[str, str, str], list[float]] = {}
             for round_no in range(args.rounds):
                 for mode in modes:
                     for name, server, key in targets:
-                        url = server.url + CHAT
-                        stream = mode == "stream"
-                        drive(url, key, stream, args.warmup, args.concurrency)
-                        before = cpu_seconds(server.process.pid)
-                        drive(url, key, stream, args.requests, args.concurrency)
-                        used = cpu_seconds(server.process.pid) - before
-                        per = used / args.requests * 1e6
-                        results.setdefault((mode, name), []).append(per)
+                        figures = measure(server, key, mode == "stream", args, grind)
+                        shown = []
+                        for metric, per in figures.items():
+                            results.setdefault((mode, name, metric), []).append(per)
+                            shown.append(f"{per:10.0f} {metric}")
                         print(
-                            f"  round {round_no + 1} {mode:<6} {name:<12} {per:8.0f} CPU-µs/req",
+                            f"  round {round_no + 1} {mode:<6} {name:<12} " + ", ".join(shown),
                             flush=True,
                         )
         finally:
             for server in reversed(servers):
                 server.stop()
-    print()
-    print(
-        f"server CPU-µs per request (median of {args.rounds}; c={args.concurrency}, "
-        f"{args.requests} requests, access log {args.access_log})"
-    )
-    header = f"{'mode':<8}" + "".join(f"{n:>14}" for n in names)
-    if len(names) > 1:
-        header += "".join(f"{'tree/' + n:>18}" for n in names[1:])
-    print(header)
-    for mode in modes:
-        medians = [statistics.median(results[(mode, n)]) for n in names]
-        row = f"{mode:<8}" + "".join(f"{m:14.0f}" for m in medians)
-        row += "".join(f"{medians[0] / m:18.2f}" for m in medians[1:])
-        print(row)
+    metrics = ["instructions", "loop instructions"] if grind else ["CPU-µs"]
+    for metric in metrics:
+        print()
+        print(
+            f"server {metric} per request (median of {args.rounds}; c={args.concurrency}, "
+            f"{args.requests} requests, access log {args.access_log})"
+        )
+        header = f"{'mode':<8}" + "".join(f"{n:>14}" for n in names)
+        if len(names) > 1:
+            header += "".join(f"{'tree/' + n:>18}" for n in names[1:])
+        print(header)
+        for mode in modes:
+            medians = [statistics.median(results[(mode, n, metric)]) for n in names]
+            row = f"{mode:<8}" + "".join(f"{m:14.0f}" for m in medians)
+            row += "".join(f"{medians[0] / m:18.2f}" for m in medians[1:])
+            print(row)
     return 0
 
 

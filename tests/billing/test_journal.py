@@ -7,6 +7,7 @@ a final flush (``abandon``), exactly what a SIGKILL leaves; a fresh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from firebox.billing.journal import SUFFIX, Journal, Recovered
 from firebox.billing.ledger import Ledger
 from firebox.billing.spool import Spool, encode
 from firebox.clock import FakeClock
-from firebox.inference.metering import Progress
+from firebox.inference.metering import Opened, Progress
 from firebox.store.database import Database
 from tests.billing.conftest import T0, MakeAccount, usage
 from tests.billing.test_ingest import PRICER, rows
@@ -243,3 +244,72 @@ def test_a_live_process_journal_is_left_alone(
     finally:
         sink.close()
         live.abandon()
+
+
+class _Run:
+    """Stands for a ``GenerationRun``: the prompt counts the journal reads."""
+
+    prompt_tokens = 0
+    cached_tokens = 0
+
+
+def test_a_tracked_request_is_described_only_by_a_flush_that_writes_it(
+    ledger: Ledger, spool_dir: Path, billing_db: Database
+) -> None:
+    """Serving's path: ``track`` builds nothing; the flusher builds the entry once.
+
+    Deliveries are one counter update; the prompt counts are read from the
+    run as of each flush.
+    """
+    journal = dead_journal(spool_dir)
+    described: list[str] = []
+
+    def entry(request_id: str) -> Callable[[], Opened]:
+        def opened() -> Opened:
+            described.append(request_id)
+            return usage(request_id=request_id), HOLD
+
+        return opened
+
+    quick, running = Progress("quick"), Progress("running", run := _Run())
+    journal.track(quick, entry("quick"))
+    journal.track(running, entry("running"))
+    quick.completion_tokens += 3
+    journal.close(quick)
+    run.prompt_tokens, run.cached_tokens = 11, 2
+    running.completion_tokens += 6
+    journal.flush()
+    assert described == ["running"]  # the request that ended was never described
+    running.completion_tokens += 2
+    run.prompt_tokens = 12
+    journal.flush()
+    assert described == ["running"]  # once, whatever the flushes
+    journal.abandon()
+    sink, handed = restart(ledger, spool_dir)
+    try:
+        assert rows(billing_db) == {"running": 8}
+        assert [(h.request_id, h.hold) for h in handed] == [("running", HOLD)]
+        (recovered,) = handed
+        assert recovered.usage is not None
+        assert (recovered.usage.prompt_tokens, recovered.usage.cached_prompt_tokens) == (12, 2)
+    finally:
+        sink.close()
+
+
+def test_an_entry_that_cannot_be_described_is_dropped_and_the_rest_written(
+    spool_dir: Path,
+) -> None:
+    journal = dead_journal(spool_dir)
+
+    def broken() -> Opened:
+        raise RuntimeError("no record")
+
+    journal.track(Progress("broken"), broken)
+    good = journal.open(usage(request_id="good"), None)
+    journal.flush()
+    (path,) = journal_files(spool_dir)
+    data = path.read_bytes()
+    assert b"good" in data and b"broken" not in data
+    assert journal.write_errors == 1
+    journal.close(good)
+    journal.stop()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
+from typing import Any
 
 import orjson
 
 from firebox.catalog.binding import LocalEngine
 from firebox.catalog.kinds import ModelKind
+from firebox.inference.admission import Demand
 from firebox.inference.demand import (
     TEMPLATE_TOKENS_PER_MESSAGE,
     completion_bound,
@@ -90,3 +93,12 @@ def test_embedding_demand_is_the_inputs_only() -> None:
     assert demand.prompt_tokens == 2 + 3 + 2 * TEMPLATE_TOKENS_PER_MESSAGE
     assert demand.completion_tokens == 0 and demand.kind == "embedding"
     assert demand.choices == 0
+
+
+def test_with_completion_keeps_every_other_field() -> None:
+    """Admission prices its floor with it: a field it dropped would misprice the floor."""
+    values: dict[str, Any] = {}
+    for number, spec in enumerate(dataclasses.fields(Demand)):
+        values[spec.name] = f"v{number}" if spec.type.startswith("str") else number + 1
+    demand = Demand(**values)
+    assert demand.with_completion(7) == replace(demand, completion_tokens=7)

@@ -5,10 +5,12 @@ process killed mid-stream never gets there, and without this journal the
 tokens it already streamed would never be billed, nor its spend
 reservation closed. So each process also journals its requests in flight:
 
-- ``open`` (serving, at admission) only registers the request in memory:
-  its usage record as it would be billed (counts zero) and its admission
-  ticket's ``hold`` (the reservation). Nothing touches the disk on the
-  request path;
+- ``track`` (serving, at admission) only registers the request in memory,
+  with a callable that gives its usage record as it would be billed (counts
+  zero) and its admission ticket's ``hold`` (the reservation); the flusher
+  calls it when it writes the entry, so a request that ends within a flush
+  interval never builds either. Nothing touches the disk on the request
+  path;
 - about once a second (``interval_s``, a flusher thread): one ``os.write``
   holding an open line (record, hold and counts so far) for every request
   admitted since the last flush and still running, a progress line for every
@@ -17,7 +19,7 @@ reservation closed. So each process also journals its requests in flight:
   meanwhile. A request that is admitted and ends between two flushes (most
   requests) writes nothing at all: its normal record is already in the
   spool. Nothing per token touches the disk either: serving only bumps
-  counters on its ``Progress``.
+  a counter on its ``Progress``.
 
 A process killed at any moment thus leaves at most ``interval_s`` of
 delivered tokens per stream unrecorded: a request admitted less than
@@ -48,7 +50,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -58,7 +60,7 @@ import orjson
 
 from firebox.billing.spool import Segment, Spool, record_of
 from firebox.clock import Clock
-from firebox.inference.metering import Progress, UsageRecord
+from firebox.inference.metering import Opened, Progress, UsageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +71,19 @@ _NO_ROLL = 2**62  # the journal rolls its segments itself (compaction), never th
 Counts = tuple[int, int, int]  # prompt, cached prompt, delivered completion tokens
 
 
-@dataclass
 class _Entry:
-    progress: Progress
-    usage: UsageRecord  # the record the request would get, counts zero
-    hold: dict[str, object] | None
-    written: Counts = (0, 0, 0)  # the counts of its last line
-    at: datetime | None = None  # the time of its last progress line
-    on_disk: bool = False  # its open line is written (by a flush, or a compaction)
+    """One journaled request; its record and hold are built when first written."""
+
+    __slots__ = ("at", "hold", "on_disk", "opened", "progress", "usage", "written")
+
+    def __init__(self, progress: Progress, opened: Callable[[], Opened]) -> None:
+        self.progress = progress
+        self.opened = opened
+        self.usage: UsageRecord | None = None  # the record the request would get, counts zero
+        self.hold: dict[str, object] | None = None
+        self.written: Counts = (0, 0, 0)  # the counts of its last line
+        self.at: datetime | None = None  # the time of its last progress line
+        self.on_disk = False  # its open line is written (by a flush, or a compaction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +106,11 @@ def _line(data: dict[str, Any]) -> bytes:
 
 def _open_line(entry: _Entry, counts: Counts, at: datetime | None) -> bytes:
     """An entry's open line: its record and hold, with its counts as of ``at`` if any."""
+    if entry.usage is None:
+        entry.usage, entry.hold = entry.opened()
     if at is None or counts == (0, 0, 0):
         return _line({"e": _OPEN, "u": entry.usage, "h": entry.hold})
     return _line({"e": _OPEN, "u": entry.usage, "h": entry.hold, "n": counts, "t": at})
-
-
-def _counts(progress: Progress) -> Counts:
-    return (progress.prompt_tokens, progress.cached_prompt_tokens, progress.completion_tokens)
 
 
 class Journal:
@@ -141,22 +146,27 @@ class Journal:
 
     # -- serving's side (UsageJournal) ---------------------------------------------
 
-    def open(self, usage: UsageRecord, hold: dict[str, object] | None) -> Progress:
-        """Track ``usage``'s request from admission; the next flush writes its open line.
+    def track(self, progress: Progress, opened: Callable[[], Opened]) -> None:
+        """Track ``progress``'s request from admission; the next flush writes its open line.
 
-        No disk write and no encoding here, on the request path: a request
-        that ends before the next flush never reaches the journal file.
+        No disk write, no encoding and no record built here, on the request
+        path: ``opened`` (record and hold) runs on the flusher's thread, and
+        only for a request still running at a flush.
         """
-        progress = Progress(usage.request_id)
-        entry = _Entry(progress, usage, hold)
+        entry = _Entry(progress, opened)
         with self._lock:
-            self._entries[usage.request_id] = entry
+            self._entries[progress.request_id] = entry
             self.opened += 1
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(
                     target=self._run, name="inflight-journal", daemon=True
                 )
                 self._thread.start()
+
+    def open(self, usage: UsageRecord, hold: dict[str, object] | None) -> Progress:
+        """``track`` a request whose record and hold are at hand; returns its progress."""
+        progress = Progress(usage.request_id)
+        self.track(progress, lambda: (usage, hold))
         return progress
 
     def close(self, progress: Progress) -> None:
@@ -186,9 +196,15 @@ class Journal:
                         lines.append(_line({"e": _CLOSE, "id": request_id}))
                     del self._entries[request_id]
                     continue
-                counts = _counts(progress)
+                counts = progress.counts()
                 if not entry.on_disk:
-                    lines.append(_open_line(entry, counts, now))
+                    try:
+                        lines.append(_open_line(entry, counts, now))
+                    except Exception:  # its record could not be built: it cannot be journaled
+                        logger.exception("in-flight journal cannot describe %s", request_id)
+                        self.write_errors += 1
+                        del self._entries[request_id]
+                        continue
                     entry.on_disk, entry.written, entry.at = True, counts, now
                 elif counts != entry.written:
                     lines.append(_line({"e": _PROGRESS, "id": request_id, "n": counts, "t": now}))

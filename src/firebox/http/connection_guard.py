@@ -139,25 +139,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._counted_address = None
         super().connection_lost(exc)
 
+    # Per read and per request: the base class is called directly (no ``super()``
+    # object), and the common case (a whole request read, its answer under way,
+    # no deadline armed) returns after a few attribute reads.
+
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)
+        if self._phase is _Phase.IDLE and self._deadline_phase is None:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                return  # the application's turn: no deadline runs (``_wanted_deadline``)
         if not self.transport.is_closing():
             self._sync_deadline()
 
     # Parser callbacks: where a request's reading starts and ends
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         self._phase = _Phase.HEADERS
 
     def on_headers_complete(self) -> None:
         self._phase = _Phase.BODY
         self._body_limit_s = self.guard.body_limit_s(self.headers)
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
         self._phase = _Phase.IDLE
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
 
     # Deadlines
 

@@ -19,6 +19,8 @@ from firebox.errors import InvalidArgument
 
 def url_error(path: str, query_string: bytes) -> InvalidArgument | None:
     """The 400 for a path or query holding a control character, or None."""
+    if not query_string and path.isprintable():  # every request's case: no scan, no parse
+        return None  # (a control character is never printable)
     problem = text.url_problem(path)
     if problem:
         return InvalidArgument(

@@ -51,6 +51,27 @@ class Demand:
     deployment: str | None = None  # set for on-demand deployments: never rate-limited
     choices: int = 0
 
+    def with_completion(self, completion_tokens: int) -> Demand:
+        """This demand with another completion bound (admission's floor and cap).
+
+        Built field by field: ``dataclasses.replace`` walks the fields
+        generically, at about twice the cost, on every admission.
+        """
+        return Demand(
+            self.request_id,
+            self.account_id,
+            self.kind,
+            self.model,
+            self.billing_model,
+            self.price_class,
+            self.explicit_price_micros,
+            self.prompt_tokens,
+            completion_tokens,
+            self.images,
+            self.deployment,
+            self.choices,
+        )
+
 
 class Ticket(Protocol):
     """An admitted request; carries the rate-limit headers for its answer."""

@@ -86,15 +86,21 @@ def generation_demand(
     request_id: str,
     images: int,
     prompt_tokens: int | None = None,
+    chat_bytes: int | None = None,
 ) -> Demand:
-    """The most a chat or completions request can bill (``prompt_tokens``: the exact count)."""
+    """The most a chat or completions request can bill (``prompt_tokens``: the exact count).
+
+    ``chat_bytes``: the chat messages' size as ``prompt_size.prompt_bytes``
+    measured it (their JSON), so that they are not encoded again.
+    """
     context = _context(model)
     per_choice = completion_bound(body, model)
     if isinstance(body, ChatCompletionRequest):
         if prompt_tokens is None:
-            messages = [m.model_dump(exclude_none=True) for m in body.messages]
-            size = len(orjson.dumps(messages))
-            prompt_tokens = _cap(size + TEMPLATE_TOKENS_PER_MESSAGE * len(messages), context)
+            size = chat_bytes
+            if size is None:
+                size = len(orjson.dumps([m.model_dump(exclude_none=True) for m in body.messages]))
+            prompt_tokens = _cap(size + TEMPLATE_TOKENS_PER_MESSAGE * len(body.messages), context)
         return _demand(
             model,
             request_id,

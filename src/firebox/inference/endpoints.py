@@ -25,14 +25,25 @@ from firebox.http.responses import JSONResponse
 from firebox.http.sse import DONE, sse_event
 from firebox.http.streaming import CoalescingStream
 from firebox.inference.embeddings import EmbeddingService
-from firebox.inference.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingCreate
+from firebox.inference.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingCreate,
+    refuse_nul,
+)
 from firebox.inference.serving import Answer, InferenceService, StreamingAnswer
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
+# JSON carries a NUL only as this escape (a raw control character is invalid JSON).
+_NUL_ESCAPE = b"\\u0000"
 
 
 async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
-    """The request body validated as ``model``; any problem is a 400 naming the field."""
+    """The request body validated as ``model``; any problem is a 400 naming the field.
+
+    A NUL anywhere in it is refused first (``protocol.refuse_nul``), looked for
+    only in a body whose raw bytes hold its escape.
+    """
     raw = await request.body()
     try:
         data = orjson.loads(raw)
@@ -49,6 +60,8 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
         ) from None
     if not isinstance(data, dict):
         raise InvalidArgument("The request body must be a JSON object.", code="invalid_json")
+    if _NUL_ESCAPE in raw:
+        refuse_nul(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -59,23 +60,40 @@ class UsageSink(Protocol):
     def record(self, usage: UsageRecord) -> None: ...
 
 
+class PromptCounts(Protocol):
+    """Where a running request's prompt counts are read (``GenerationRun``)."""
+
+    prompt_tokens: int
+    cached_tokens: int
+
+
 class Progress:
     """What one admitted request has delivered so far, as the in-flight journal sees it.
 
-    Serving bumps the counters as it hands chunks to the client (plain
-    attribute writes: nothing per token touches the disk); the journal reads
-    them about once a second and writes what changed, so a process killed
-    mid-stream leaves at most a second of delivered tokens unrecorded.
+    Serving adds to ``completion_tokens`` as it hands chunks to the client
+    (one attribute update per chunk: nothing per token touches the disk or
+    allocates); the journal reads ``counts()`` about once a second and writes
+    what changed, so a process killed mid-stream leaves at most a second of
+    delivered tokens unrecorded. The prompt counts are read from ``run`` when
+    set (serving's request), else from the attributes ``delivered`` sets.
     """
 
-    __slots__ = ("cached_prompt_tokens", "completion_tokens", "done", "prompt_tokens", "request_id")
+    __slots__ = (
+        "cached_prompt_tokens",
+        "completion_tokens",
+        "done",
+        "prompt_tokens",
+        "request_id",
+        "run",
+    )
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, run: PromptCounts | None = None) -> None:
         self.request_id = request_id
         self.prompt_tokens = 0
         self.cached_prompt_tokens = 0
         self.completion_tokens = 0  # delivered to the client, not just generated
         self.done = False  # its normal usage record was handed to the sink
+        self.run = run
 
     def delivered(self, completion_tokens: int, prompt_tokens: int, cached: int) -> None:
         """``completion_tokens`` more went to the client; the prompt counts so far."""
@@ -83,16 +101,32 @@ class Progress:
         self.prompt_tokens = prompt_tokens
         self.cached_prompt_tokens = cached
 
+    def counts(self) -> tuple[int, int, int]:
+        """Prompt, cached prompt and delivered completion tokens, as of now."""
+        run = self.run
+        if run is not None:
+            return run.prompt_tokens, run.cached_tokens, self.completion_tokens
+        return self.prompt_tokens, self.cached_prompt_tokens, self.completion_tokens
+
+
+# What the journal writes for an entry: the request's usage record as it would be
+# billed (its counts are ignored) and what its admission ticket holds (``Ticket.hold``).
+Opened = tuple[UsageRecord, dict[str, object] | None]
+
 
 class UsageJournal(Protocol):
     """The in-flight journal: admitted requests and their running counts, on disk.
 
-    ``open`` writes the entry before the request runs: ``usage`` is the
-    record the request would get (its counts are ignored), ``hold`` what its
-    admission ticket holds (``Ticket.hold``). ``close`` is called once the
-    normal record is in the sink. A later process settles every entry its
-    dead writer left open at the last recorded counts (``billing/journal.py``).
+    ``track`` registers a request before it runs; ``opened`` is called only
+    when the journal writes the entry (a request that ends within a flush
+    interval never builds it), from the journal's thread, so it must read
+    nothing that changes. ``open`` is ``track`` with the entry at hand.
+    ``close`` is called once the normal record is in the sink. A later
+    process settles every entry its dead writer left open at the last
+    recorded counts (``billing/journal.py``).
     """
+
+    def track(self, progress: Progress, opened: Callable[[], Opened]) -> None: ...
 
     def open(self, usage: UsageRecord, hold: dict[str, object] | None) -> Progress: ...
 
@@ -101,6 +135,9 @@ class UsageJournal(Protocol):
 
 class NoJournal:
     """Journals nothing (a sink without a spool: tests of serving alone)."""
+
+    def track(self, progress: Progress, opened: Callable[[], Opened]) -> None:
+        return None
 
     def open(self, usage: UsageRecord, hold: dict[str, object] | None) -> Progress:
         return Progress(usage.request_id)

@@ -11,7 +11,7 @@ account; the catalog answers that from memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from firebox.catalog.binding import EngineBinding
@@ -126,7 +126,7 @@ class ModelResolver:
                 code="wrong_model_kind",
                 param="model",
             )
-        return replace(self.ref(model), max_completion_tokens=self._max_completion_tokens)
+        return self.ref(model, self._max_completion_tokens)
 
     def resolve_embedding(self, account_id: str, name: str) -> ModelRef:
         model = self._resolve(account_id, name)
@@ -140,7 +140,9 @@ class ModelResolver:
         return self.ref(model)
 
     @staticmethod
-    def ref(model: ResolvedModel) -> ModelRef:
+    def ref(
+        model: ResolvedModel, max_completion_tokens: int = DEFAULT_MAX_COMPLETION_TOKENS
+    ) -> ModelRef:
         assert model.engine is not None
         adapter = None
         if model.adapter is not None:
@@ -160,4 +162,5 @@ class ModelResolver:
             adapter_path=model.adapter.path if model.adapter is not None else None,
             price_class=model.price_class.value if model.price_class is not None else None,
             explicit_price_micros=model.price_micro_usd,
+            max_completion_tokens=max_completion_tokens,
         )

@@ -10,6 +10,8 @@ Measuring costs one pass over the text, microseconds per kilobyte.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from firebox.errors import InvalidArgument
@@ -21,10 +23,18 @@ def _text_bytes(items: list[str] | list[list[int]]) -> int:
     return sum(len(item.encode()) for item in items if isinstance(item, str))
 
 
-def prompt_bytes(body: ChatCompletionRequest | CompletionRequest | EmbeddingCreate) -> int:
-    """The bytes of prompt text in ``body``: messages as JSON, prompts or inputs as UTF-8."""
+def prompt_bytes(
+    body: ChatCompletionRequest | CompletionRequest | EmbeddingCreate,
+    messages: list[dict[str, Any]] | None = None,
+) -> int:
+    """The bytes of prompt text in ``body``: messages as JSON, prompts or inputs as UTF-8.
+
+    ``messages``: a chat body's messages as dicts, when the caller made them already.
+    """
     if isinstance(body, ChatCompletionRequest):
-        return len(orjson.dumps([m.model_dump(exclude_none=True) for m in body.messages]))
+        if messages is None:
+            messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        return len(orjson.dumps(messages))
     if isinstance(body, CompletionRequest):
         return _text_bytes(body.prompts())
     return _text_bytes(body.inputs())

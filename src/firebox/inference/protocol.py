@@ -88,6 +88,9 @@ def refuse_nul(data: Any) -> Any:
 
     Only NUL: the store cannot keep it (PostgreSQL refuses it in text), and no
     tokenizer needs it; every other character of a prompt is the model's business.
+    ``endpoints.parse_body`` calls it on every inference body before validation,
+    when the raw JSON holds the escape a NUL needs (not as a model validator:
+    pydantic calling back into Python cost every request ~5 µs).
     """
     where = text.first_nul(data)
     if where is not None:
@@ -140,11 +143,6 @@ class _GenerationBody(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     logit_bias: dict[str, float] | None = None
     parallel_tool_calls: bool | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_nul(cls, data: Any) -> Any:
-        return refuse_nul(data)
 
     @field_validator("stop")
     @classmethod
@@ -317,11 +315,6 @@ class EmbeddingCreate(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = Field(default=None, max_length=256)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_nul(cls, data: Any) -> Any:
-        return refuse_nul(data)
 
     def inputs(self) -> list[str] | list[list[int]]:
         value = self.input

@@ -35,6 +35,7 @@ from firebox.inference.engine import (
 )
 from firebox.inference.metering import (
     NoJournal,
+    Opened,
     Outcome,
     Progress,
     UsageJournal,
@@ -123,16 +124,22 @@ class InferenceService:
         engine = await self._router.text_engine(model)
         images = body.image_count() if isinstance(body, ChatCompletionRequest) else 0
         self._check(body, model, engine, images)
-        size = prompt_bytes(body)
+        # A chat's messages as dicts, made once: measured, sent to the engine, bounded.
+        messages = (
+            [m.model_dump(exclude_none=True) for m in body.messages]
+            if isinstance(body, ChatCompletionRequest)
+            else None
+        )
+        size = prompt_bytes(body, messages)
         check_prompt_bytes(size, self._max_prompt_bytes, "messages" if kind == "chat" else "prompt")
-        requests = self._engine_requests(body, kind, model, request_id)
+        requests = self._engine_requests(body, kind, model, request_id, messages)
         prompt_tokens: int | None = None
         tokenizer = as_prompt_tokenizer(engine)
         if tokenizer is not None:
             requests = await self._tokenize(principal.account_id, tokenizer, requests, size)
             prompt_tokens = sum(len(r.tokenized.ids) for r in requests if r.tokenized)
         demand = generation_demand(
-            body, model, principal.account_id, request_id, images, prompt_tokens
+            body, model, principal.account_id, request_id, images, prompt_tokens, size
         )
         if batch:
             demand = replace(demand, kind="batch")
@@ -148,10 +155,12 @@ class InferenceService:
         meter = _Meter(
             self._usage, self._clock, principal, model, usage_kind, request_id, images, ticket
         )
+        meter.progress.run = run  # the journal reads the prompt counts there
         # Journaled before the engine runs: if this process dies, a later one closes the ticket's
-        # hold and bills what the stream delivered (billing/journal.py).
-        meter.progress = self._journal.open(meter.record(None, "interrupted"), ticket.hold)
+        # hold and bills what the stream delivered (billing/journal.py). The entry (record and
+        # hold) is built by the journal's flusher, only if the request is still running then.
         meter.journal = self._journal
+        self._journal.track(meter.progress, meter.opened)
         if not batch:
             self.traffic.enter()
             meter.traffic = self.traffic  # leaves when its record is emitted
@@ -203,7 +212,12 @@ class InferenceService:
             raise InvalidArgument("echo cannot be combined with stream.", param="echo")
 
     def _engine_requests(
-        self, body: Body, kind: Literal["chat", "completion"], model: ModelRef, request_id: str
+        self,
+        body: Body,
+        kind: Literal["chat", "completion"],
+        model: ModelRef,
+        request_id: str,
+        messages: list[dict[str, Any]] | None,
     ) -> list[GenerationRequest]:
         top_logprobs = body.top_logprobs or 0
         wants_logprobs = (
@@ -246,9 +260,9 @@ class InferenceService:
             "extra": body.passthrough(),
             "stream": body.stream,
         }
-        if isinstance(body, ChatCompletionRequest):
-            messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        if messages is not None:
             return [GenerationRequest(request_id=request_id, messages=messages, **common)]
+        assert isinstance(body, CompletionRequest)
         prompts: list[str | list[int]] = list(body.prompts())
         return [
             GenerationRequest(
@@ -334,10 +348,8 @@ async def _chunks(
                 sent_role.add(event.index)
                 # Taken by the response: counted as delivered (the journal reads
                 # it). An upstream chunk whose count is unknown is one token.
-                progress.delivered(
-                    event.token_count or int(bool(event.text or event.tool_calls)),
-                    run.prompt_tokens,
-                    run.cached_tokens,
+                progress.completion_tokens += event.token_count or int(
+                    bool(event.text or event.tool_calls)
                 )
             elif isinstance(event, ChoiceFinished):
                 yield responses.finish_chunk(shape, event)
@@ -405,6 +417,7 @@ class _Meter:
         self._request_id = request_id
         self._images = images
         self._emitted = False
+        self._admitted_at = clock.now()
         self.progress = Progress(request_id)  # what the stream delivered (the journal's)
         self.journal: UsageJournal = NoJournal()
         self.traffic: InteractiveTraffic | None = None  # counted as interactive until emitted
@@ -461,8 +474,15 @@ class _Meter:
         self.journal.close(self.progress)  # the record (spooled) supersedes the journal entry
         await self._ticket.settle_soon(record)  # the record is queued: may settle after
 
+    def opened(self) -> Opened:
+        """The journal's entry: the record at admission (counts zero) and the ticket's hold.
+
+        Called on the journal's thread: reads only what never changes.
+        """
+        return self.record(None, "interrupted"), self._ticket.hold
+
     def record(self, run: GenerationRun | None, outcome: Outcome) -> UsageRecord:
-        """The usage record of this request after ``run`` (counts zero before it runs)."""
+        """The usage record of this request after ``run`` (counts zero, at admission, before)."""
         perf = run.perf_metrics() if run is not None else None
         return UsageRecord(
             request_id=self._request_id,
@@ -470,7 +490,7 @@ class _Meter:
             model=self._model.name,
             base_model=self._model.billing_model,
             kind=self._kind,
-            time=self._clock.now(),
+            time=self._clock.now() if run is not None else self._admitted_at,
             prompt_tokens=run.prompt_tokens if run is not None else 0,
             completion_tokens=run.billable_completion_tokens() if run is not None else 0,
             cached_prompt_tokens=run.cached_tokens if run is not None else 0,

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import NoReturn, Protocol
 
 from anyio import to_thread
@@ -294,7 +293,7 @@ class Enforcement:
         """The least ``demand`` may be admitted with: its prompt and one token per choice."""
         if demand.choices <= 0 or demand.completion_tokens <= demand.choices:
             return worst  # nothing to cap (embeddings, or one token a choice already)
-        return self._money.worst_case_cost(replace(demand, completion_tokens=demand.choices))
+        return self._money.worst_case_cost(demand.with_completion(demand.choices))
 
     def _completion_cap(self, demand: Demand, worst: int, held: int) -> int | None:
         """The most tokens per choice ``held`` pays for, when it is less than ``worst``.
@@ -309,9 +308,7 @@ class Enforcement:
         low, high = 1, demand.completion_tokens // demand.choices - 1
         while low < high:
             middle = (low + high + 1) // 2
-            cost = self._money.worst_case_cost(
-                replace(demand, completion_tokens=demand.choices * middle)
-            )
+            cost = self._money.worst_case_cost(demand.with_completion(demand.choices * middle))
             if cost <= held:
                 low = middle
             else:
