@@ -77,8 +77,8 @@ class Services:
     batch: BatchServices
     datasets: DatasetService
     dataset_uploads: DatasetUploads
-    sft: SftServices | None = None
     model_uploads: ModelUploads
+    sft: SftServices | None = None
     test_clock: OffsetClock | None = None
     deployment_runtime: DeploymentRuntime | None = None
 
@@ -216,8 +216,6 @@ def build_services(
     )
     storage = build_storage(settings, clock)
     datasets = build_datasets(settings, db, clock, storage.blobs)
-    services = Services(
-    storage = build_storage(settings, clock)
     model_uploads = ModelUploads(
         db,
         clock,
@@ -233,7 +231,7 @@ def build_services(
         ),
         models_dir=models_dir,
     )
-    return Services(
+    services = Services(
         settings=settings,
         db=db,
         clock=clock,

@@ -11,7 +11,7 @@ account; the catalog answers that from memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from firebox.catalog.binding import EngineBinding
