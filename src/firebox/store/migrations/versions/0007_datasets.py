@@ -1,7 +1,7 @@
 """finetune: the datasets table
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-06 08:05:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import firebox.store.base
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -13,7 +13,7 @@ from alembic import op
 import firebox.store.base
 
 revision = "0008"
-down_revision = "0007"  # h17a's datasets (merged here); the brief's base was 0005
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """deployed_models.deployment: a LoRA add-on loaded onto an on-demand deployment
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-06 08:30:00.000000
 
 A deployed model with ``deployment`` set serves its add-on on that
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0006"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """finetune: batch inference jobs, their per-line results, OpenAI-shaped batch files
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0009
 Create Date: 2026-12-06 08:10:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import firebox.store.base
 
 revision = "0010"
-down_revision = "0007"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """models carry their uploaded files and the outcome of their last validation
 
 Revision ID: 0011
-Revises: 0005
+Revises: 0010
 Create Date: 2026-12-06 08:10:00.000000
 
 ``upload_files`` is the file set registered by ``:getUploadEndpoint``
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0005"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
