@@ -302,6 +302,11 @@ def test_observations_write_state_and_events(
     got = ok(client.get(f"{dev.base}/o", headers=dev.headers))
     assert (got["state"], got["replicaCount"]) == ("READY", 1)
     assert got["recentEvents"][0]["detail"] == "CREATING -> READY"
+    renamed = ok(client.patch(f"{dev.base}/o", json={"displayName": "n"}, headers=dev.headers))
+    assert renamed["state"] == "READY"  # names only: replicas stay as they are
+    rolled = ok(client.patch(f"{dev.base}/o", json={"precision": "FP8"}, headers=dev.headers))
+    assert rolled["state"] == "UPDATING"
+    assert services.deployments.control.live()[0].revision == 2
     ok(client.delete(f"{dev.base}/o", headers=dev.headers))
     assert services.deployments.control.deleting()[0].pk == row.pk
     services.deployments.control.record(row.pk, Observed())
