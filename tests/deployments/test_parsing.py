@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from firebox.deployments import durations, listing, shape_repository
-from firebox.deployments.shapes import ShapesFileError
+from firebox.deployments.shape_files import ShapesFileError
 from firebox.errors import InvalidArgument
 from firebox.services import Services
 
