@@ -9,9 +9,9 @@ import pytest
 
 from firebox.cli.commands.deployments import wait_until_ready
 from firebox.cli.errors import CliError
-from tests.cli.runner import ADMIN_KEY, Cli, CliResult
+from tests.cli.runner import ADMIN_KEY, Cli, CliResult, clean_env
 from tests.support.api import bearer, create_account, member_key
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, start_server
 
 TINY = "accounts/firebox/models/firebox-tiny"
 
@@ -54,6 +54,21 @@ def test_wait_fails_on_failed_and_on_timeout() -> None:
             now=lambda: next(clock),
             sleep=lambda _: None,
         )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """This module's own server: the deployments API without the controller (states stay)."""
+    running = start_server(
+        tmp_path_factory.mktemp("firebox-data"),
+        env=clean_env(
+            FIREBOX_ADMIN_KEY=ADMIN_KEY,
+            FIREBOX_ACCESS_LOG="false",
+            FIREBOX_DEPLOYMENT_CONTROLLER="false",
+        ),
+    )
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,12 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     data_dir: Path = tmp_path_factory.mktemp("firebox")
-    env = {"FIREBOX_ADMIN_KEY": OPERATOR_KEY, "FIREBOX_DEPLOYMENT_MIN_SCALE_TO_ZERO_S": "2"}
+    env = {
+        "FIREBOX_ADMIN_KEY": OPERATOR_KEY,
+        "FIREBOX_DEPLOYMENT_MIN_SCALE_TO_ZERO_S": "2",
+        # The resource alone: no controller moves states or starts replicas under the asserts.
+        "FIREBOX_DEPLOYMENT_CONTROLLER": "false",
+    }
     schema = None
     if request.param == "postgresql":
         schema, env["FIREBOX_DATABASE_URL"] = pg_schema_url()

@@ -19,12 +19,10 @@ the account may deploy for a model (a LoRA add-on matches its base's shapes;
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,6 +32,7 @@ from firebox.accounts.ids import validate_id
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Permission
 from firebox.clock import Clock
+from firebox.deployments import checks
 from firebox.deployments import shape_repository as repo
 from firebox.deployments.accelerators import ACCELERATOR_TYPES, DEFAULT_TYPE
 from firebox.deployments.base_models import BaseModels
@@ -44,6 +43,7 @@ from firebox.deployments.models import (
     shape_version_name,
 )
 from firebox.deployments.schemas import PRECISIONS
+from firebox.deployments.shape_files import DEFAULT_SHAPES, ShapesFileError, read_file
 from firebox.deployments.shape_schemas import (
     PRESET_TYPES,
     DeploymentShape,
@@ -55,14 +55,8 @@ from firebox.deployments.shape_schemas import (
     snapshot_fields,
 )
 from firebox.errors import AlreadyExists, FireboxError, InvalidArgument, NotFound
-from firebox.paging import page_size
+from firebox.paging import encode_token, page_size
 from firebox.store.database import Database
-
-DEFAULT_SHAPES = Path(__file__).with_name("default_shapes.toml")
-
-
-class ShapesFileError(Exception):
-    """A shapes file cannot be loaded; the message says where and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +111,12 @@ class ShapeService:
                 if latest is None or (base is not None and latest.base_model != base):
                     continue
                 shapes.append(_shape(row, latest))
-            start = _offset(token)
+            start = checks.offset(token)
             page = shapes[start : start + limit]
             more = start + limit < len(shapes)
             return DeploymentShapeList(
                 deployment_shapes=page,
-                next_page_token=_token(start + limit) if more else "",
+                next_page_token=encode_token(f"o{start + limit}") if more else "",
                 total_size=len(shapes),
             )
 
@@ -218,14 +212,24 @@ class ShapeService:
         for file in (DEFAULT_SHAPES, path):
             if file is None:
                 continue
-            for shape_id, spec in _read_file(file):
+            for shape_id, spec in read_file(file):
                 try:
-                    with self._db.transaction() as session:
-                        self._write(session, PLATFORM_ACCOUNT, shape_id, spec)
+                    self._preload_one(shape_id, spec)
                 except FireboxError as exc:
                     raise ShapesFileError(f"{file}: shape {shape_id!r}: {exc.message}") from exc
                 written += 1
         return written
+
+    def _preload_one(self, shape_id: str, spec: ShapeSpec) -> None:
+        """Upsert one file entry; a replica starting beside us may insert it first: then update."""
+        for attempt in (1, 2):
+            try:
+                with self._db.transaction() as session:
+                    self._write(session, PLATFORM_ACCOUNT, shape_id, spec)
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
 
     # -- helpers ---------------------------------------------------------------
 
@@ -376,49 +380,6 @@ def _split(name: str, account_id: str) -> tuple[str, str, int | None]:
 
 def _number(text: str) -> int | None:
     return int(text) if text.isdigit() and len(text) < 10 and int(text) > 0 else None
-
-
-def _offset(token: str | None) -> int:
-    from firebox.paging import decode_token
-
-    decoded = decode_token(token)
-    if decoded is None:
-        return 0
-    if not decoded.startswith("o") or not decoded[1:].isdigit() or len(decoded) > 12:
-        raise InvalidArgument(
-            "pageToken is not a token this server issued; omit it for the first page.",
-            code="invalid_page_token",
-            param="pageToken",
-        )
-    return int(decoded[1:])
-
-
-def _token(offset: int) -> str:
-    from firebox.paging import encode_token
-
-    return encode_token(f"o{offset}")
-
-
-def _read_file(path: Path) -> list[tuple[str, ShapeSpec]]:
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ShapesFileError(f"{path}: cannot read it ({exc})") from exc
-    entries = data.get("deployment_shapes", [])
-    if not isinstance(entries, list):
-        raise ShapesFileError(f"{path}: deployment_shapes must be a list of tables")
-    out = []
-    for index, raw in enumerate(entries):
-        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
-            raise ShapesFileError(f"{path}: entry {index} needs an id")
-        fields = {k: v for k, v in raw.items() if k != "id"}
-        try:
-            spec = ShapeSpec.model_validate(fields)
-        except ValidationError as exc:
-            raise ShapesFileError(f"{path}: shape {raw['id']!r}: {exc}") from exc
-        out.append((raw["id"], spec))
-    return out
 
 
 def _shape_exists(account_id: str, shape_id: str) -> AlreadyExists:
