@@ -102,7 +102,8 @@ async def test_apply_puts_only_changes_and_leaves_out_what_cannot_fit() -> None:
     await driver.apply([fits])  # the same Serve config (b was never in it): no PUT
     assert len(dashboard.puts) == 1
     await driver.apply([])
-    assert len(dashboard.puts) == 2 and dashboard.puts[-1]["applications"] == []  # nothing left running: no orphans
+    assert len(dashboard.puts) == 2
+    assert dashboard.puts[-1]["applications"] == []  # nothing left running: no orphans
 
 
 async def test_replicas_are_ready_from_when_they_were_seen_running() -> None:
