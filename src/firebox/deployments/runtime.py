@@ -138,7 +138,11 @@ def build_runtime(
         meter,
         watch,
         interval_s=settings.deployment_reconcile_interval_s,
-        spend_check_s=min(10.0, settings.deployment_meter_interval_s / 2),
+        spend_check_s=min(
+            10.0,
+            settings.deployment_meter_interval_s / 2,
+            settings.deployment_reconcile_interval_s * 5,
+        ),
         models_dir=settings.models_dir,
     )
     return DeploymentRuntime(controller, DeploymentRouting(lambda: controller.routes), clock)
