@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= dev,engine
+EXTRAS ?= dev,engine,ray
 
 .PHONY: install run test test-fast fuzz lint format bench clean demo-models
 

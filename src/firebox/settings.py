@@ -260,6 +260,50 @@ class Settings(BaseSettings):
     deployment_replica_threads: int | None = Field(
         default=None, ge=1, description="Torch CPU threads of one local replica (default: torch's)."
     )
+    deployment_driver: Literal["local", "ray_serve"] = Field(
+        default="local",
+        description="What runs deployment replicas: the embedded local driver (one node), or "
+        "Ray Serve on a Ray cluster (FIREBOX_RAY_*; docs/operations.md).",
+    )
+    ray_dashboard_url: str = Field(
+        default="http://127.0.0.1:8265",
+        description="The Ray head's dashboard (Serve REST API) the Ray Serve driver applies to.",
+    )
+    ray_token: str | None = Field(
+        default=None,
+        description="Ray's authentication token (RAY_AUTH_MODE=token, Ray 2.60's default).",
+    )
+    ray_serve_url: str | None = Field(
+        default=None,
+        description="Where the gateway reaches the Serve proxy; default: the dashboard's host "
+        "at FIREBOX_RAY_SERVE_PORT.",
+    )
+    ray_serve_host: str = Field(
+        default="0.0.0.0", description="Where the Serve proxy listens on the Ray nodes."
+    )
+    ray_serve_port: int = Field(
+        default=8001, ge=1, le=65535, description="The Serve proxy's port on the Ray nodes."
+    )
+    ray_proxy_location: Literal["HeadOnly", "EveryNode"] = Field(
+        default="HeadOnly", description="Serve proxies on the head node only, or on every node."
+    )
+    ray_engine: Literal["firebox", "vllm"] = Field(
+        default="firebox",
+        description="What a Ray replica runs: Firebox's local engine, or vLLM (installed on "
+        "the GPU nodes).",
+    )
+    ray_models_dir: str | None = Field(
+        default=None,
+        description="The models folder as the Ray nodes see it; default: FIREBOX_MODELS_DIR.",
+    )
+    ray_accelerators: str = Field(
+        default="",
+        description="Ray accelerator_type names of accelerator types, TYPE=RAYNAME by comma "
+        "(e.g. NVIDIA_A100_80GB=A100-80G); the built-in table covers the usual ones.",
+    )
+    ray_max_ongoing_requests: int = Field(
+        default=16, ge=1, le=100_000, description="Requests one Ray replica runs at once."
+    )
 
     @model_validator(mode="after")
     def _production_refuses_test_tools(self) -> Settings:

@@ -30,7 +30,9 @@ from firebox.settings import Settings
 from tests.conftest import OPERATOR_KEY
 from tests.support.api import bearer, create_account, member_key
 
-DRIVERS = ["local"]
+from .ray_fixtures import ray_cluster, ray_serve_driver_factory  # noqa: F401  (fixtures)
+
+DRIVERS = ["local", "ray_serve"]
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 

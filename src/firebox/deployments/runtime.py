@@ -106,6 +106,10 @@ def build_runtime(
     driver: DeploymentDriver | None = None,
 ) -> DeploymentRuntime:
     """The runtime for ``settings``; ``driver`` replaces the configured one (tests)."""
+    if driver is None and settings.deployment_driver == "ray_serve":
+        from firebox.deployments.drivers.ray_wiring import ray_serve_driver
+
+        driver = ray_serve_driver(settings, clock)
     if driver is None:
         driver = LocalDriver(
             local_engine_maker(
