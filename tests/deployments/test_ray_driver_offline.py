@@ -189,3 +189,42 @@ async def test_requests_to_a_deployment_at_zero_on_purpose_are_refused_at_once()
     with pytest.raises(ServiceUnavailable):  # a name the driver was never given
         await anext(driver.engine("accounts/acme/deployments/nope").generate(None))  # type: ignore[arg-type]
     await driver.close()
+
+
+async def test_the_dashboard_client_sends_the_token_and_maps_failures() -> None:
+    import httpx
+    import orjson
+
+    from firebox.deployments.drivers.ray_rest import RayDashboard, RayDashboardError
+
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/api/v0/nodes":
+            rows = [{**NODES[0]}, {"state": "DEAD", "resources_total": {"GPU": 8}}]
+            return httpx.Response(200, json={"data": {"result": {"result": rows}}})
+        if request.method == "PUT":
+            return httpx.Response(400, text="Invalid config: max_replicas must be positive")
+        return httpx.Response(200, json={"applications": {}})
+
+    dashboard = RayDashboard(
+        "http://head:8265/", token="s3cret", transport=httpx.MockTransport(answer)
+    )
+    try:
+        assert await dashboard.nodes() == NODES  # the dead node is no capacity
+        assert await dashboard.serve_details() == {"applications": {}}
+        with pytest.raises(RayDashboardError) as refused:
+            await dashboard.put_serve_config({"applications": []})
+        assert refused.value.http_status == 503 and "max_replicas" in refused.value.message
+        assert orjson.loads(seen[-1].content) == {"applications": []}
+        assert all(r.headers["authorization"] == "Bearer s3cret" for r in seen)
+    finally:
+        await dashboard.close()
+    unreachable = RayDashboard("http://127.0.0.1:9")
+    try:
+        with pytest.raises(RayDashboardError) as down:
+            await unreachable.serve_details()
+        assert "FIREBOX_RAY_DASHBOARD_URL" in down.value.message
+    finally:
+        await unreachable.close()
