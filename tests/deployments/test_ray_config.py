@@ -61,7 +61,6 @@ def test_one_application_per_deployment_with_its_gpus_and_accelerator_type() -> 
         "upscale_delay_s": 30.0,
         "downscale_delay_s": 600.0,
         "downscale_to_zero_delay_s": 3600.0,
-        "look_back_period_s": OPTIONS.look_back_period_s,
     }
     assert deployment["max_queued_requests"] == OPTIONS.max_queued_requests
     assert deployment["backpressure_config"]["retry_after_s"] == OPTIONS.retry_after_s
@@ -92,6 +91,9 @@ def test_serve_accepts_the_config() -> None:
 
     targets = [target("a", max_replicas=4), target("b", fixed_replicas=2)]
     ServeDeploySchema.model_validate(serve_config(targets, OPTIONS))  # raises if invalid
+    fast = replace(OPTIONS, look_back_period_s=1.0)
+    (app, _) = serve_config(targets, fast)["applications"]
+    assert app["deployments"][0]["autoscaling_config"]["look_back_period_s"] == 1.0
 
 
 def test_names_and_accelerators() -> None:

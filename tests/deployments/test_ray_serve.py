@@ -1,5 +1,6 @@
-"""What only the Ray Serve driver has: a gateway restart against a running cluster, add-ons
-on a deployment's replicas, and Serve's own bounded queue; on the session's real Ray."""
+"""What only the Ray Serve driver has, on the session's real Ray: a gateway restart against a
+running cluster, add-ons on a deployment's replicas, and Serve's own bounded queue (one
+test, one replica start: each costs seconds of CPU)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ..support.ray_cluster import RayCluster
 from .ray_fixtures import ray_options
 from .support import TINY, TINY_LORA, target, tiny_lora
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 DEADLINE_S = 180.0
 Seen = Mapping[str, DeploymentObservation]
@@ -74,11 +75,13 @@ async def answer(driver: RayServeDriver, name: str, request: GenerationRequest) 
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
-async def test_a_restarted_gateway_adopts_what_runs_and_leaves_no_orphan(
+async def test_a_restarted_gateway_adopts_what_runs_and_serves_queue_is_bounded(
     ray_cluster: RayCluster,
 ) -> None:
     t = target(f"r{uuid.uuid4().hex[:8]}", fixed_replicas=1, addons=(tiny_lora(),))
-    async with driver_for(ray_cluster) as first:
+    # One request at a time per replica and one queued per proxy: Serve's bounded queue.
+    bounded = {"max_ongoing_requests": 1, "max_queued_requests": 1}
+    async with driver_for(ray_cluster, **bounded) as first:
         await first.apply([t])
         seen = await until(first, lambda s: len(ready(s, t.name)) == 1, "the replica")
         (replica_id,) = ready(seen, t.name)
@@ -88,7 +91,7 @@ async def test_a_restarted_gateway_adopts_what_runs_and_leaves_no_orphan(
         addon = await answer(first, t.name, chat(adapter=TINY_LORA))
         assert base and addon and addon != base  # the add-on runs on the deployment's replica
     # The gateway is gone; Serve keeps the replica. A new one sees it as it is.
-    async with driver_for(ray_cluster) as second:
+    async with driver_for(ray_cluster, **bounded) as second:
         seen = await second.observe()
         assert ready(seen, t.name) == [replica_id]
         adopted = seen[t.name].replicas[0].ready_since
@@ -96,23 +99,10 @@ async def test_a_restarted_gateway_adopts_what_runs_and_leaves_no_orphan(
         await second.apply([t])  # the same desired set: nothing restarts
         seen = await second.observe()
         assert ready(seen, t.name) == [replica_id]
-        await second.apply([])  # not in the database any more: stopped, no orphan
-        await until(second, lambda s: not s.get(t.name) or not s[t.name].replicas, "no replica")
-        details = await second.dashboard.serve_details()
-        assert not any(
-            (app.get("deployed_app_config") or {}).get("args", {}).get("deployment") == t.name
-            for app in (details.get("applications") or {}).values()
-        )
 
-
-async def test_serves_bounded_queue_is_a_503_with_retry_after(ray_cluster: RayCluster) -> None:
-    t = target(f"q{uuid.uuid4().hex[:8]}", fixed_replicas=1)
-    async with driver_for(ray_cluster, max_ongoing_requests=1, max_queued_requests=1) as driver:
-        await driver.apply([t])
-        await until(driver, lambda s: len(ready(s, t.name)) == 1, "the replica")
         # 5 at once onto one replica that runs one and queues one: the others are refused.
         results = await asyncio.gather(
-            *(answer(driver, t.name, chat(max_tokens=20)) for _ in range(5)),
+            *(answer(second, t.name, chat(max_tokens=20)) for _ in range(5)),
             return_exceptions=True,
         )
         refused = [r for r in results if isinstance(r, BaseException)]
@@ -123,5 +113,11 @@ async def test_serves_bounded_queue_is_a_503_with_retry_after(ray_cluster: RayCl
             assert isinstance(error, ServiceUnavailable), error
             assert error.code == "deployment_queue_full"
             assert error.headers.get("Retry-After") == "1"
-        await driver.apply([])
-        await until(driver, lambda s: not s.get(t.name) or not s[t.name].replicas, "no replica")
+
+        await second.apply([])  # not in the database any more: stopped, no orphan
+        await until(second, lambda s: not s.get(t.name) or not s[t.name].replicas, "no replica")
+        details = await second.dashboard.serve_details()
+        assert not any(
+            (app.get("deployed_app_config") or {}).get("args", {}).get("deployment") == t.name
+            for app in (details.get("applications") or {}).values()
+        )

@@ -95,6 +95,7 @@ class DeploymentController:
         self._last_spend_check = 0.0
         self._lock = asyncio.Lock()
         self.passes = 0  # completed reconcile passes (tests wait on it)
+        self.spend_checks = 0  # completed spend checks
         self._passed: asyncio.Event | None = None
 
     # -- life --------------------------------------------------------------------
@@ -170,6 +171,7 @@ class DeploymentController:
             ):
                 self._last_spend_check = time.monotonic()
                 await to_thread.run_sync(self._watch.check, now)
+                self.spend_checks += 1
             self.passes += 1
             if self._passed is not None:
                 self._passed.set()

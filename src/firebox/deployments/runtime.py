@@ -15,7 +15,7 @@ app's lifespan (``start``/``stop``). It connects the slice to the rest:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from firebox.catalog.index import ResolvedModel
@@ -142,11 +142,11 @@ def build_runtime(
         meter,
         watch,
         interval_s=settings.deployment_reconcile_interval_s,
-        spend_check_s=min(10.0, settings.deployment_meter_interval_s / 2),
+        spend_check_s=min(
+            10.0,
+            settings.deployment_meter_interval_s / 2,
+            settings.deployment_reconcile_interval_s * 5,
+        ),
         models_dir=settings.models_dir,
     )
     return DeploymentRuntime(controller, DeploymentRouting(lambda: controller.routes), clock)
-
-
-def describe(capacity: Mapping[str, int]) -> str:
-    return ", ".join(f"{count} x {name}" for name, count in sorted(capacity.items()))

@@ -29,86 +29,36 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
 
-import anyio
 from anyio import to_thread
 
 from firebox.clock import Clock
-from firebox.deployments.autoscaling import ScalerState, decide
+from firebox.deployments.autoscaling import decide
 from firebox.deployments.drivers.base import (
     DeploymentObservation,
     DeploymentTarget,
     ReplicaObservation,
     ReplicaState,
 )
+from firebox.deployments.drivers.local_state import (
+    DEFAULT_CAPABILITIES,
+    DeploymentEngine,
+    LocalDeployment,
+    LocalReplica,
+)
 from firebox.errors import NotFound, ServiceUnavailable
 from firebox.inference.engine import (
     EngineCapabilities,
-    GenerationEvent,
-    GenerationRequest,
     TextEngine,
 )
 
 log = logging.getLogger("firebox.deployments")
 
+__all__ = ["DEFAULT_CAPABILITIES", "EngineMaker", "LocalDriver"]
+
 EngineMaker = Callable[[DeploymentTarget], TextEngine]
 """Builds one replica's engine for a deployment (blocking: runs in a worker thread)."""
-
-DEFAULT_CAPABILITIES = EngineCapabilities(params=frozenset())
-
-
-@dataclass(eq=False)
-class _Replica:
-    replica_id: str
-    spec: tuple[object, ...]
-    state: ReplicaState = ReplicaState.STARTING
-    engine: TextEngine | None = None
-    ready_since: datetime | None = None
-    ongoing: int = 0
-    task: asyncio.Task[None] | None = None
-
-
-@dataclass(eq=False)
-class _Deployment:
-    target: DeploymentTarget
-    replicas: dict[str, _Replica] = field(default_factory=dict)
-    desired: int = 0
-    scaler: ScalerState = field(default_factory=ScalerState)
-    waiting: int = 0
-    failure: str | None = None
-    failed_spec: tuple[object, ...] | None = None
-    removed: bool = False  # no longer in the desired set: draining out
-    capabilities: EngineCapabilities | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def spec(self) -> tuple[object, ...]:
-        """What a replica is made from; a change of it replaces the replicas."""
-        t = self.target
-        return (t.base_model.name, t.base_model.engine, t.accelerator_type, t.accelerator_count,
-                t.max_context_length)  # fmt: skip
-
-    def live(self) -> list[_Replica]:
-        """Replicas that count toward the desired number (not stopping, current spec)."""
-        return [
-            r
-            for r in self.replicas.values()
-            if r.state is not ReplicaState.STOPPING and r.spec == self.spec
-        ]
-
-    def pick(self) -> _Replica | None:
-        ready = [r for r in self.live() if r.state is ReplicaState.READY and r.engine is not None]
-        return min(ready, key=lambda r: r.ongoing) if ready else None
-
-    def load(self) -> float:
-        return float(sum(r.ongoing for r in self.replicas.values()) + self.waiting)
-
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
 
 
 class LocalDriver:
@@ -140,7 +90,7 @@ class LocalDriver:
         self._retry_after_s = retry_after_s
         self._monotonic = monotonic
         self._default_capabilities = default_capabilities
-        self._deployments: dict[str, _Deployment] = {}
+        self._deployments: dict[str, LocalDeployment] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -152,7 +102,7 @@ class LocalDriver:
         for name, target in wanted.items():
             dep = self._deployments.get(name)
             if dep is None:
-                dep = self._deployments[name] = _Deployment(target)
+                dep = self._deployments[name] = LocalDeployment(target)
             else:
                 dep.target = target
                 dep.removed = False
@@ -189,7 +139,7 @@ class LocalDriver:
         return seen
 
     def engine(self, name: str) -> TextEngine:
-        return _DeploymentEngine(self, name)
+        return DeploymentEngine(self, name)
 
     async def capacity(self) -> Mapping[str, int]:
         return dict(self._capacity)
@@ -228,7 +178,7 @@ class LocalDriver:
                     log.exception("scaling %s failed", dep.target.name)
             self._forget_drained()
 
-    def _scale(self, dep: _Deployment) -> None:
+    def _scale(self, dep: LocalDeployment) -> None:
         """Decide the count, then start or stop replicas to reach it."""
         target = dep.target
         live = dep.live()
@@ -287,13 +237,13 @@ class LocalDriver:
         )
         return self._capacity.get(accelerator_type, 0) - used
 
-    def _start(self, dep: _Deployment) -> None:
+    def _start(self, dep: LocalDeployment) -> None:
         replica_id = f"{dep.target.deployment_id}-{secrets.token_hex(6)}"
-        replica = _Replica(replica_id, dep.spec)
+        replica = LocalReplica(replica_id, dep.spec)
         dep.replicas[replica_id] = replica
         replica.task = asyncio.get_running_loop().create_task(self._boot(dep, replica))
 
-    async def _boot(self, dep: _Deployment, replica: _Replica) -> None:
+    async def _boot(self, dep: LocalDeployment, replica: LocalReplica) -> None:
         target = dep.target
         try:
             engine = await to_thread.run_sync(self._make_engine, target, abandon_on_cancel=True)
@@ -319,7 +269,7 @@ class LocalDriver:
         replica.task = None
         dep.notify()
 
-    def _stop(self, dep: _Deployment, replica: _Replica) -> None:
+    def _stop(self, dep: LocalDeployment, replica: LocalReplica) -> None:
         if replica.state is ReplicaState.STOPPING:
             return
         booting = replica.state is ReplicaState.STARTING
@@ -330,7 +280,7 @@ class LocalDriver:
             return
         asyncio.get_running_loop().create_task(self._drain(dep, replica))
 
-    async def _drain(self, dep: _Deployment, replica: _Replica) -> None:
+    async def _drain(self, dep: LocalDeployment, replica: LocalReplica) -> None:
         deadline = self._monotonic() + self._drain_timeout_s
         while replica.ongoing > 0 and self._monotonic() < deadline:
             waiter = dep.changed
@@ -349,7 +299,7 @@ class LocalDriver:
             dep = self._deployments.pop(name)
             dep.notify()  # waiters see it gone
 
-    def _register_addons(self, dep: _Deployment, only: _Replica | None = None) -> None:
+    def _register_addons(self, dep: LocalDeployment, only: LocalReplica | None = None) -> None:
         """Tell the replicas' engines where the deployment's add-ons are."""
         replicas = [only] if only is not None else list(dep.replicas.values())
         for replica in replicas:
@@ -368,7 +318,7 @@ class LocalDriver:
 
     # -- requests --------------------------------------------------------------
 
-    async def acquire(self, name: str) -> tuple[_Deployment, _Replica]:
+    async def acquire(self, name: str) -> tuple[LocalDeployment, LocalReplica]:
         """A ready replica of ``name`` for one request, waking the deployment if at zero."""
         dep = self._deployments.get(name)
         if dep is None or dep.removed:
@@ -407,7 +357,7 @@ class LocalDriver:
         finally:
             dep.waiting -= 1
 
-    def release(self, dep: _Deployment, replica: _Replica) -> None:
+    def release(self, dep: LocalDeployment, replica: LocalReplica) -> None:
         replica.ongoing -= 1
         if replica.ongoing == 0:
             dep.notify()
@@ -418,7 +368,7 @@ class LocalDriver:
             return dep.capabilities
         return self._default_capabilities
 
-    def _check_servable(self, dep: _Deployment) -> None:
+    def _check_servable(self, dep: LocalDeployment) -> None:
         if dep.failure is not None:
             raise ServiceUnavailable(
                 f"Deployment {dep.target.name} cannot run: {dep.failure}",
@@ -437,36 +387,3 @@ class LocalDriver:
             code=code,
             headers={"Retry-After": str(self._retry_after_s)},
         )
-
-
-class _DeploymentEngine:
-    """The ``TextEngine`` of one deployment: each request on its least busy ready replica."""
-
-    def __init__(self, driver: LocalDriver, name: str) -> None:
-        self._driver = driver
-        self._name = name
-
-    @property
-    def capabilities(self) -> EngineCapabilities:
-        return self._driver.capabilities_of(self._name)
-
-    @capabilities.setter
-    def capabilities(self, value: EngineCapabilities) -> None:
-        raise AttributeError("a deployment's capabilities are its replicas'")
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        dep, replica = await self._driver.acquire(self._name)
-        try:
-            assert replica.engine is not None
-            events = replica.engine.generate(request)
-            try:
-                async for event in events:
-                    yield event
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await events.aclose()  # type: ignore[attr-defined]
-        finally:
-            self._driver.release(dep, replica)
-
-    async def close(self) -> None:
-        """Nothing: the replicas belong to the driver."""

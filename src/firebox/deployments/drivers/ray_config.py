@@ -79,7 +79,7 @@ class RayServeOptions:
     max_ongoing_requests: int = 16  # per replica
     # How often replicas and proxies report load is a cluster setting in Ray 2.60 (the
     # RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S variables of the Ray nodes), not a field.
-    look_back_period_s: float = 5.0
+    look_back_period_s: float | None = None  # Serve's default (30 s) when None
     replica_num_cpus: float = 0.0  # CPUs a replica asks besides its GPUs
     engine_threads: int | None = None  # torch CPU threads of the local engine in a replica
     env_vars: Mapping[str, str] = field(default_factory=dict)  # replicas' runtime_env
@@ -134,7 +134,7 @@ def autoscaling_config(target: DeploymentTarget, options: RayServeOptions) -> di
     """Serve's ``autoscaling_config`` for the deployment's policy."""
     policy = target.autoscaling
     max_replicas = max(policy.max_replicas, policy.min_replicas, 1)
-    return {
+    config: dict[str, Any] = {
         "min_replicas": policy.min_replicas,
         "initial_replicas": policy.min_replicas,
         "max_replicas": max_replicas,
@@ -142,8 +142,10 @@ def autoscaling_config(target: DeploymentTarget, options: RayServeOptions) -> di
         "upscale_delay_s": policy.scale_up_window_s,
         "downscale_delay_s": policy.scale_down_window_s,
         "downscale_to_zero_delay_s": policy.scale_to_zero_window_s,
-        "look_back_period_s": options.look_back_period_s,
     }
+    if options.look_back_period_s is not None:
+        config["look_back_period_s"] = options.look_back_period_s
+    return config
 
 
 def application(target: DeploymentTarget, options: RayServeOptions) -> dict[str, Any]:
