@@ -119,7 +119,7 @@ def test_job_trains_an_addon_that_learned_the_marker_and_bills_tokens_times_epoc
         lambda j: j["state"] in ("JOB_STATE_COMPLETED", "JOB_STATE_FAILED"),
     )
     assert done["state"] == "JOB_STATE_COMPLETED", done
-    assert done["jobProgress"]["percent"] == 100.0 and done["jobProgress"]["epoch"] == 3
+    assert done["jobProgress"]["percent"] == 100 and done["jobProgress"]["epoch"] == 3
     assert int(done["jobProgress"]["trainedTokens"]) == tokens * 3
     assert int(done["billedTokens"]) == tokens * 3
 

@@ -527,6 +527,10 @@ class SftRunner:
         if event.tokens_per_second is not None:
             progress["tokens_per_second"] = event.tokens_per_second
         kind = event.event
+        if kind == "started" and event.step > 0:
+            progress["status_message"] = (
+                f"Resumed from the checkpoint at step {event.step} (epoch {event.epoch})."
+            )
         if kind in ("started", "progress"):
             await self._set(job.pk, **progress)
         elif kind == "checkpoint":
