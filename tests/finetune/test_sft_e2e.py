@@ -95,7 +95,9 @@ def test_sdk_job_serves_chat_while_training_then_the_addon_speaks_the_marker(
     chat = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60)
     running = wait_for(
         lambda: _job(server, key, "sdk-job"),
-        lambda j: j["state"] != "JOB_STATE_CREATING" and j.get("jobProgress", {}).get("step", 0) > 0,
+        lambda j: (
+            j["state"] != "JOB_STATE_CREATING" and j.get("jobProgress", {}).get("step", 0) > 0
+        ),
     )
     assert running["state"] == "JOB_STATE_RUNNING"
     # One job trains at a time on this node (FIREBOX_FINETUNE_MAX_JOBS=1): the next one waits.

@@ -54,9 +54,7 @@ def _job(client: TestClient, headers: dict[str, str], job: str) -> dict[str, Any
     return body
 
 
-def _create(
-    client: TestClient, headers: dict[str, str], job: str, **fields: Any
-) -> dict[str, Any]:
+def _create(client: TestClient, headers: dict[str, str], job: str, **fields: Any) -> dict[str, Any]:
     response = client.post(
         f"/v1/accounts/acme/supervisedFineTuningJobs?supervisedFineTuningJobId={job}",
         json=fields,
@@ -97,7 +95,9 @@ def _expected_micros(rows: list[UsageRecordRow]) -> int:
     total = 0
     for row in rows:
         quotient, rest = divmod(row.training_tokens * PRICE_PER_MILLION, 1_000_000)
-        total += quotient + (1 if rest * 2 > 1_000_000 or (rest * 2 == 1_000_000 and quotient % 2) else 0)
+        total += quotient + (
+            1 if rest * 2 > 1_000_000 or (rest * 2 == 1_000_000 and quotient % 2) else 0
+        )
     return total
 
 
@@ -142,7 +142,10 @@ def test_job_trains_an_addon_that_learned_the_marker_and_bills_tokens_times_epoc
     assert services.money.ingest.flush(10.0)
     with services.db.transaction() as session:
         chats = session.scalars(
-            select(UsageRecordRow).where(UsageRecordRow.model == "accounts/acme/models/marker-addon", UsageRecordRow.kind == "chat")
+            select(UsageRecordRow).where(
+                UsageRecordRow.model == "accounts/acme/models/marker-addon",
+                UsageRecordRow.kind == "chat",
+            )
         ).all()
         assert chats and {c.unit_price_micros for c in chats} == {200_000}
 
