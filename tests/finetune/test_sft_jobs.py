@@ -138,6 +138,9 @@ def test_job_trains_an_addon_that_learned_the_marker_and_bills_tokens_times_epoc
     billed = sum(r.amount_micros for r in rows)
     assert billed == _expected_micros(rows) == int(done["billedCost"]["nanos"]) // 1000
     assert all(r.account_id == "acme" and r.unit_price_micros == PRICE_PER_MILLION for r in rows)
+    usage = client.get("/v1/accounts/acme/usage?groupBy=kind", headers=member).json()
+    by_kind = {g["key"]: g for g in usage["groups"]}
+    assert by_kind["fine_tuning"]["requests"] == 3  # the usage report shows the training
     # Serving the add-on is billed at the base's per-token price (SPEC §2: no surcharge).
     assert services.money.ingest.flush(10.0)
     with services.db.transaction() as session:
@@ -233,3 +236,33 @@ def test_suspension_pauses_the_job_and_lifting_it_resumes(
     assert done["jobProgress"]["step"] > step_paused
     assert int(done["billedTokens"]) == tokens * 10
     assert sum(r.training_tokens for r in _training_rows(services)) == tokens * 10
+
+
+def test_a_job_the_account_cannot_pay_for_is_refused_with_the_inference_codes(
+    client: TestClient, services: Services, member: dict[str, str]
+) -> None:
+    dataset = ready_dataset(services, "acme", "costly", marker_lines(40))
+    limited = client.patch(
+        "/v1/accounts/acme/billing", json={"accountSpendLimit": "0.001"}, headers=member
+    )
+    assert limited.status_code == 200, limited.text
+    refused = client.post(
+        "/v1/accounts/acme/supervisedFineTuningJobs?supervisedFineTuningJobId=costly",
+        json={"dataset": dataset, "baseModel": BASE, "epochs": 3},
+        headers=member,
+    )
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["error"]["code"] == "request_exceeds_spend_limit"
+    assert "fine-tuning job costs $0.00" in refused.json()["error"]["message"]
+    bad = client.post(
+        "/v1/accounts/acme/supervisedFineTuningJobs",
+        json={"dataset": dataset, "baseModel": BASE, "warmStartFrom": "x"},
+        headers=member,
+    )
+    assert bad.status_code == 400 and "exactly one of baseModel" in bad.text
+    missing = client.post(
+        "/v1/accounts/acme/supervisedFineTuningJobs",
+        json={"dataset": "accounts/acme/datasets/nope", "baseModel": BASE},
+        headers=member,
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "dataset_not_found"

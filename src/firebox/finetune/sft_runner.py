@@ -163,10 +163,11 @@ class SftRunner:
     async def _tick(self) -> None:
         await self._supervise()
         await self._unpause()
+        now = self._clock.now()
+        await self._db_call(repo.promote_created, now)
         free = self.settings.max_jobs - len(self._jobs)
         if free <= 0:
             return
-        now = self._clock.now()
         candidates = await self._db_call(repo.claimable, now, free * 4)
         for pk in candidates:
             if free <= 0 or self._closing:
