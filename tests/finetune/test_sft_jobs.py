@@ -54,9 +54,7 @@ def _job(client: TestClient, headers: dict[str, str], job: str) -> dict[str, Any
     return body
 
 
-def _create(
-    client: TestClient, headers: dict[str, str], job: str, **fields: Any
-) -> dict[str, Any]:
+def _create(client: TestClient, headers: dict[str, str], job: str, **fields: Any) -> dict[str, Any]:
     response = client.post(
         f"/v1/accounts/acme/supervisedFineTuningJobs?supervisedFineTuningJobId={job}",
         json=fields,
@@ -97,7 +95,9 @@ def _expected_micros(rows: list[UsageRecordRow]) -> int:
     total = 0
     for row in rows:
         quotient, rest = divmod(row.training_tokens * PRICE_PER_MILLION, 1_000_000)
-        total += quotient + (1 if rest * 2 > 1_000_000 or (rest * 2 == 1_000_000 and quotient % 2) else 0)
+        total += quotient + (
+            1 if rest * 2 > 1_000_000 or (rest * 2 == 1_000_000 and quotient % 2) else 0
+        )
     return total
 
 
@@ -119,7 +119,7 @@ def test_job_trains_an_addon_that_learned_the_marker_and_bills_tokens_times_epoc
         lambda j: j["state"] in ("JOB_STATE_COMPLETED", "JOB_STATE_FAILED"),
     )
     assert done["state"] == "JOB_STATE_COMPLETED", done
-    assert done["jobProgress"]["percent"] == 100.0 and done["jobProgress"]["epoch"] == 3
+    assert done["jobProgress"]["percent"] == 100 and done["jobProgress"]["epoch"] == 3
     assert int(done["jobProgress"]["trainedTokens"]) == tokens * 3
     assert int(done["billedTokens"]) == tokens * 3
 
@@ -138,11 +138,17 @@ def test_job_trains_an_addon_that_learned_the_marker_and_bills_tokens_times_epoc
     billed = sum(r.amount_micros for r in rows)
     assert billed == _expected_micros(rows) == int(done["billedCost"]["nanos"]) // 1000
     assert all(r.account_id == "acme" and r.unit_price_micros == PRICE_PER_MILLION for r in rows)
+    usage = client.get("/v1/accounts/acme/usage?groupBy=kind", headers=member).json()
+    by_kind = {g["key"]: g for g in usage["groups"]}
+    assert by_kind["fine_tuning"]["requests"] == 3  # the usage report shows the training
     # Serving the add-on is billed at the base's per-token price (SPEC §2: no surcharge).
     assert services.money.ingest.flush(10.0)
     with services.db.transaction() as session:
         chats = session.scalars(
-            select(UsageRecordRow).where(UsageRecordRow.model == "accounts/acme/models/marker-addon", UsageRecordRow.kind == "chat")
+            select(UsageRecordRow).where(
+                UsageRecordRow.model == "accounts/acme/models/marker-addon",
+                UsageRecordRow.kind == "chat",
+            )
         ).all()
         assert chats and {c.unit_price_micros for c in chats} == {200_000}
 
@@ -230,3 +236,33 @@ def test_suspension_pauses_the_job_and_lifting_it_resumes(
     assert done["jobProgress"]["step"] > step_paused
     assert int(done["billedTokens"]) == tokens * 10
     assert sum(r.training_tokens for r in _training_rows(services)) == tokens * 10
+
+
+def test_a_job_the_account_cannot_pay_for_is_refused_with_the_inference_codes(
+    client: TestClient, services: Services, member: dict[str, str]
+) -> None:
+    dataset = ready_dataset(services, "acme", "costly", marker_lines(40))
+    limited = client.patch(
+        "/v1/accounts/acme/billing", json={"accountSpendLimit": "0.001"}, headers=member
+    )
+    assert limited.status_code == 200, limited.text
+    refused = client.post(
+        "/v1/accounts/acme/supervisedFineTuningJobs?supervisedFineTuningJobId=costly",
+        json={"dataset": dataset, "baseModel": BASE, "epochs": 3},
+        headers=member,
+    )
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["error"]["code"] == "request_exceeds_spend_limit"
+    assert "fine-tuning job costs $0.00" in refused.json()["error"]["message"]
+    bad = client.post(
+        "/v1/accounts/acme/supervisedFineTuningJobs",
+        json={"dataset": dataset, "baseModel": BASE, "warmStartFrom": "x"},
+        headers=member,
+    )
+    assert bad.status_code == 400 and "exactly one of baseModel" in bad.text
+    missing = client.post(
+        "/v1/accounts/acme/supervisedFineTuningJobs",
+        json={"dataset": "accounts/acme/datasets/nope", "baseModel": BASE},
+        headers=member,
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "dataset_not_found"

@@ -118,3 +118,12 @@ def paused_for_suspension(session: Session) -> list[tuple[int, str]]:
         )
     ).all()
     return [(pk, account) for pk, account in rows]
+
+
+def promote_created(session: Session, now: datetime) -> None:
+    """Jobs checked at create (``CREATING``) now wait for a runner slot (``PENDING``)."""
+    session.execute(
+        update(SftJobRow)
+        .where(SftJobRow.state == JobState.CREATING.value, SftJobRow.lease_owner.is_(None))
+        .values(state=JobState.PENDING.value, update_time=now)
+    )

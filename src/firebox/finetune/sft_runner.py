@@ -29,7 +29,7 @@ import shutil
 import socket
 import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,8 @@ from anyio import to_thread
 from firebox.clock import Clock
 from firebox.errors import FireboxError, PaymentRequired
 from firebox.finetune import sft_repository as repo
-from firebox.finetune.sft_inputs import DatasetSource, TrainableBase, TrainableBases
+from firebox.finetune.sft_charges import JobCharges, RunningJob
+from firebox.finetune.sft_inputs import DatasetSource, TrainableBases
 from firebox.finetune.sft_models import JobState, PauseReason, SftJobRow
 from firebox.finetune.sft_money import NoRoomYet, TrainingMoney
 from firebox.finetune.sft_output import OutputPublisher
@@ -52,7 +53,6 @@ from firebox.finetune.worker.protocol import (
     read_position,
 )
 from firebox.limits.admission import suspended
-from firebox.limits.spend_guard import Reservation
 from firebox.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -69,28 +69,6 @@ class RunnerSettings:
     threads: int = 1
     device: str = "auto"
     python: str = sys.executable
-
-
-@dataclass
-class _Job:
-    """A job this runner trains: its worker and what it holds."""
-
-    pk: int
-    account_id: str
-    uid: str
-    output_model: str
-    base: TrainableBase
-    epochs: int
-    lora_rank: int
-    target_modules: list[str]
-    display_name: str
-    billed: int
-    estimated_per_epoch: int
-    process: asyncio.subprocess.Process
-    hold: Reservation | None = None
-    stop: str | None = None  # what we asked: cancel, suspended, spend, shutdown
-    stop_status: tuple[str, str] | None = None
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class SftRunner:
@@ -112,9 +90,10 @@ class SftRunner:
         self._bases = bases
         self._money = money
         self._publisher = publisher
+        self._charges = JobCharges(db, clock, money, bases)
         self.settings = settings
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[int, RunningJob] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -184,10 +163,11 @@ class SftRunner:
     async def _tick(self) -> None:
         await self._supervise()
         await self._unpause()
+        now = self._clock.now()
+        await self._db_call(repo.promote_created, now)
         free = self.settings.max_jobs - len(self._jobs)
         if free <= 0:
             return
-        now = self._clock.now()
         candidates = await self._db_call(repo.claimable, now, free * 4)
         for pk in candidates:
             if free <= 0 or self._closing:
@@ -252,7 +232,7 @@ class SftRunner:
                     update_time=self._clock.now(),
                 )
 
-    async def _send(self, job: _Job, command: Command) -> None:
+    async def _send(self, job: RunningJob, command: Command) -> None:
         stdin = job.process.stdin
         if stdin is None or stdin.is_closing():
             return
@@ -271,7 +251,7 @@ class SftRunner:
             return False
         folder = self.settings.work_dir / row.uid
         if row.state == JobState.CANCELLING.value:  # its runner died while cancelling
-            await self._catch_up(row, folder)
+            await self._charges.catch_up(row, folder)
             await self._release(
                 pk, state=JobState.CANCELLED.value, completed_time=self._clock.now()
             )
@@ -304,10 +284,13 @@ class SftRunner:
         except FireboxError as exc:
             await self._fail(pk, exc.code, exc.message)
             return False
-        billed = await self._catch_up(row, folder)
+        billed = await self._charges.catch_up(row, folder)
         estimated = max(data.token_count * row.epochs - billed, 0)
         try:
-            hold = await self._money.hold(row.account_id, self._cost(row, base, estimated))
+            hold = await self._money.hold(
+                row.account_id,
+                self._charges.cost(row.account_id, row.output_model, base, estimated),
+            )
         except NoRoomYet:
             await self._release(pk)  # requests in flight hold the room: try again soon
             return False
@@ -352,7 +335,7 @@ class SftRunner:
                 stderr=worker_log,
                 env=env,
             )
-        job = _Job(
+        job = RunningJob(
             pk=pk,
             account_id=row.account_id,
             uid=row.uid,
@@ -378,17 +361,6 @@ class SftRunner:
         job.task = asyncio.get_running_loop().create_task(self._watch(job))
         return True
 
-    def _cost(self, row: SftJobRow, base: TrainableBase, tokens: int) -> int:
-        return self._money.record(
-            request_id="estimate",
-            account_id=row.account_id,
-            model=row.output_model,
-            base_model=base.name,
-            price_class=base.price_class,
-            tokens=tokens,
-            at=self._clock.now(),
-        ).micros
-
     async def _fail(self, pk: int, code: str, message: str) -> None:
         await self._release(
             pk,
@@ -398,81 +370,9 @@ class SftRunner:
             completed_time=self._clock.now(),
         )
 
-    # -- money -----------------------------------------------------------------------------
-
-    async def _catch_up(self, row: SftJobRow, folder: Path) -> int:
-        """Charge what the last checkpoint trained beyond what was billed; the billed count."""
-        found = read_position(folder / "checkpoints")
-        trained = found[0].trained_tokens if found else 0
-        if trained <= row.billed_tokens:
-            return row.billed_tokens
-        base_class = None
-        with contextlib.suppress(FireboxError):
-            base_class = self._bases.find(row.account_id, row.base_model, None).price_class
-        await self._record(row.pk, row.uid, row.account_id, row.output_model, row.base_model,
-                           base_class, row.billed_tokens, trained)  # fmt: skip
-        return trained
-
-    async def _record(
-        self,
-        pk: int,
-        uid: str,
-        account_id: str,
-        output_model: str,
-        base_model: str,
-        price_class: str | None,
-        billed: int,
-        trained: int,
-    ) -> int:
-        """Charge ``trained - billed`` tokens (id: the count reached); returns the micros."""
-        charge = self._money.record(
-            request_id=f"sft:{uid}:{trained}",
-            account_id=account_id,
-            model=output_model,
-            base_model=base_model,
-            price_class=price_class,
-            tokens=trained - billed,
-            at=self._clock.now(),
-        )
-        await to_thread.run_sync(self._money.charge, charge)
-        row: SftJobRow | None = await self._db_call(repo.by_pk, pk)
-        spent = (row.billed_micros if row is not None else 0) + charge.micros
-        await self._db_call(repo.set_fields, pk, None, billed_tokens=trained, billed_micros=spent)
-        return charge.micros
-
-    async def _charge(self, job: _Job, trained: int, *, hold_rest: bool) -> None:
-        """Charge what ``job`` trained since its last charge, and hold what is left."""
-        if trained > job.billed:
-            micros = await self._record(
-                job.pk, job.uid, job.account_id, job.output_model, job.base.name,
-                job.base.price_class, job.billed, trained,
-            )  # fmt: skip
-            job.billed = trained
-            await self._money.settle(job.hold, micros)
-            job.hold = None
-        if not hold_rest:
-            await self._money.release(job.hold)
-            job.hold = None
-            return
-        if job.hold is not None:
-            return
-        left = max(job.estimated_per_epoch * job.epochs - trained, 0)
-        cost = self._money.record(
-            request_id="estimate", account_id=job.account_id, model=job.output_model,
-            base_model=job.base.name, price_class=job.base.price_class, tokens=left,
-            at=self._clock.now(),
-        ).micros  # fmt: skip
-        try:
-            job.hold = await self._money.hold(job.account_id, cost)
-        except (NoRoomYet, PaymentRequired) as exc:
-            code = getattr(exc, "code", "spend_reserved")
-            message = getattr(exc, "message", "Other requests hold the account's spend room.")
-            job.stop, job.stop_status = "spend", (code, message)
-            await self._send(job, "pause")
-
     # -- watching a worker ---------------------------------------------------------------
 
-    async def _watch(self, job: _Job) -> None:
+    async def _watch(self, job: RunningJob) -> None:
         ended: Event | None = None
         stdout = job.process.stdout
         assert stdout is not None
@@ -505,12 +405,12 @@ class SftRunner:
             self._jobs.pop(job.pk, None)
             self.wake()
 
-    async def _catch_up_job(self, job: _Job) -> None:
+    async def _catch_up_job(self, job: RunningJob) -> None:
         found = read_position(self.settings.work_dir / job.uid / "checkpoints")
         if found is not None:
-            await self._charge(job, found[0].trained_tokens, hold_rest=False)
+            await self._charges.charge(job, found[0].trained_tokens, hold_rest=False)
 
-    async def _on_event(self, job: _Job, event: Event) -> None:
+    async def _on_event(self, job: RunningJob, event: Event) -> None:
         progress: dict[str, Any] = {
             "epoch": event.epoch,
             "step": event.step,
@@ -527,22 +427,27 @@ class SftRunner:
         if event.tokens_per_second is not None:
             progress["tokens_per_second"] = event.tokens_per_second
         kind = event.event
+        if kind == "started" and event.step > 0:
+            progress["status_message"] = (
+                f"Resumed from the checkpoint at step {event.step} (epoch {event.epoch})."
+            )
         if kind in ("started", "progress"):
             await self._set(job.pk, **progress)
         elif kind == "checkpoint":
-            await self._charge(job, event.trained_tokens, hold_rest=True)
+            if await self._charges.charge(job, event.trained_tokens, hold_rest=True):
+                await self._send(job, "pause")  # its next hold was refused: it pauses
             await self._set(job.pk, **progress)
         elif kind == "completed":
-            await self._charge(job, event.trained_tokens, hold_rest=False)
+            await self._charges.charge(job, event.trained_tokens, hold_rest=False)
             await self._complete(job, progress)
         elif kind in ("paused", "cancelled"):
-            await self._charge(job, event.trained_tokens, hold_rest=False)
+            await self._charges.charge(job, event.trained_tokens, hold_rest=False)
             await self._stopped(job, progress)
         elif kind == "failed":
             await self._catch_up_job(job)
             await self._fail(job.pk, "training_failed", f"Training failed: {event.message}")
 
-    async def _complete(self, job: _Job, progress: dict[str, Any]) -> None:
+    async def _complete(self, job: RunningJob, progress: dict[str, Any]) -> None:
         folder = self.settings.work_dir / job.uid
         try:
             await self._publisher.publish(
@@ -562,7 +467,7 @@ class SftRunner:
         )
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
 
-    async def _stopped(self, job: _Job, progress: dict[str, Any]) -> None:
+    async def _stopped(self, job: RunningJob, progress: dict[str, Any]) -> None:
         now = self._clock.now()
         if job.stop == "cancel":
             await self._release(

@@ -81,7 +81,7 @@ class Money(WireModel):
 class JobProgress(WireModel):
     """The shared ``jobProgress`` of the SDK, with the training figures Firebox adds."""
 
-    percent: float
+    percent: int  # whole percent: the SDK types it as an int
     epoch: int
     step: int
     total_steps: int
@@ -125,9 +125,9 @@ class SftJob(WireModel):
     @classmethod
     def of(cls, row: SftJobRow) -> SftJob:
         total = row.total_steps
-        percent = 100.0 if row.state == JobState.COMPLETED else 0.0
+        percent = 100 if row.state == JobState.COMPLETED else 0
         if total and row.state != JobState.COMPLETED:
-            percent = round(100.0 * row.step / total, 2)
+            percent = min(100 * row.step // total, 99)
         eta = None
         if row.tokens_per_second and row.state == JobState.RUNNING and row.dataset_tokens:
             left = row.dataset_tokens * row.epochs - row.trained_tokens
