@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -37,8 +38,13 @@ class App:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-def app(tmp_path: Path, database: Database, clock: FakeClock, **extra: Any) -> Iterator[App]:
-    """The whole gateway in process, its batch runner polling fast; the demo account's key."""
+def app(
+    tmp_path: Path, database: Database, clock: FakeClock, key: str | None = None, **extra: Any
+) -> Iterator[App]:
+    """The whole gateway in process, its batch runner polling fast; the demo account's key.
+
+    ``key``: the demo key a first start on the same database issued (a restart issues none).
+    """
     torch.set_num_threads(1)
     settings = Settings(
         data_dir=tmp_path / "data",
@@ -50,7 +56,7 @@ def app(tmp_path: Path, database: Database, clock: FakeClock, **extra: Any) -> I
         **extra,
     )
     services = build_services(settings, db=database, clock=clock)
-    key = initialize(services).demo_key
+    key = initialize(services).demo_key or key
     assert key is not None
     with TestClient(create_app(services), raise_server_exceptions=False) as client:
         yield App(services, client, key)
@@ -99,3 +105,17 @@ def usage_rows(services: Services, prefix: str) -> list[UsageRecordRow]:
         ).all()
         session.expunge_all()
     return list(rows)
+
+
+class ThroughTestClient(httpx.BaseTransport):
+    """Hands an SDK's requests to the in-process app (its TestClient is another httpx)."""
+
+    def __init__(self, client: TestClient) -> None:
+        self._client = client
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self._client.request(
+            request.method, str(request.url), headers=dict(request.headers), content=request.read()
+        )
+        headers = [(k, v) for k, v in answer.headers.multi_items() if k != "content-encoding"]
+        return httpx.Response(answer.status_code, headers=headers, content=answer.content)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from firebox.store.database import Database
 log = logging.getLogger("firebox.batch")
 
 READ_LINES = 256  # input lines read per trip to a worker thread
+STOP_CHECK_S = 0.5  # how often a job waiting for a lull looks whether it was cancelled
 RETRY_RESERVED_S = 1.0  # a line refused only by reservations in flight waits this long
 
 
@@ -240,8 +242,9 @@ class BatchRunner:
                 continue
             if job.stop is not None:
                 break
-            await self._inference.traffic.lull(self._lull_max_wait_s)
             await slots.acquire()
+            # After the slot: a line that waited for one must still find a lull to start.
+            await self._lull(job)
             if job.stop is not None:
                 slots.release()
                 break
@@ -255,6 +258,14 @@ class BatchRunner:
             task.add_done_callback(job.tasks.discard)
         if inflight:
             await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _lull(self, job: _Job) -> None:
+        """Wait for a lull in interactive traffic (at most the bound), or for the job to stop."""
+        deadline = time.monotonic() + self._lull_max_wait_s
+        while job.stop is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or await self._inference.traffic.lull(min(left, STOP_CHECK_S)):
+                return
 
     async def _line(
         self, job: _Job, principal: Principal, defaults: dict[str, Any], index: int, raw: bytes
