@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -21,7 +22,7 @@ from firebox.server import initialize
 from firebox.services import Services, build_services
 from firebox.settings import Settings
 from firebox.store.database import Database
-from tests.conftest import OPERATOR_KEY
+from tests.conftest import OPERATOR_KEY, REDIS_URL
 
 TINY = "accounts/firebox/models/firebox-tiny"
 QUESTIONS = ["What color is the sky?", "Name a fruit.", "Count to three.", "Say hello.", "Why?"]
@@ -46,6 +47,8 @@ def app(
     ``key``: the demo key a first start on the same database issued (a restart issues none).
     """
     torch.set_num_threads(1)
+    if REDIS_URL and key is None:  # a fresh database: no counters of an earlier test's "demo"
+        redis.Redis.from_url(REDIS_URL).flushdb()
     settings = Settings(
         data_dir=tmp_path / "data",
         admin_key=OPERATOR_KEY,
@@ -53,6 +56,7 @@ def app(
         bootstrap_demo=True,
         warm_local_engines=False,
         batch_poll_s=0.2,
+        redis_url=REDIS_URL,  # CI: admission (the batch price, no rate limit) in Redis too
         **extra,
     )
     services = build_services(settings, db=database, clock=clock)
