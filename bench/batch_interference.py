@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _procs import Server, free_port, start  # noqa: E402
+from _procs import Server, free_port, start
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "accounts/firebox/models/firebox-tiny"
@@ -140,12 +140,12 @@ def _done(client: httpx.Client, batch_id: str) -> tuple[str, int]:
 
 def _row(setting: str, phase: str, latencies: list[float], rate: float | None) -> Row:
     ordered = sorted(latencies)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return Row(setting, phase, statistics.median(ordered), p95, statistics.fmean(ordered), rate)
 
 
 def measure(work: Path, setting: str, env: dict[str, str], args: argparse.Namespace) -> list[Row]:
-    server, key = _serve(work, setting.split()[0] + str(len(env)), env)
+    server, key = _serve(work, setting.split(maxsplit=1)[0] + str(len(env)), env)
     try:
         with httpx.Client(
             base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=300

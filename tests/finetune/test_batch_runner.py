@@ -15,6 +15,7 @@ from sqlalchemy import select
 from firebox.clock import FakeClock
 from firebox.finetune.batch_models import BatchJobRow
 from firebox.store.database import Database
+from tests.conftest import OPERATOR_KEY
 from tests.finetune.batch_support import App, app, batch_lines, jsonl, usage_rows, wait_for
 from tests.support.api import ok
 
@@ -136,5 +137,17 @@ def test_bad_lines_fail_alone_and_cancel_keeps_what_was_done(
     assert counts["total"] == 5 and counts["completed"] + counts["failed"] <= 1  # type: ignore[index]
     missing = served.client.get("/v1/batches/batch_nope", headers=served.headers)
     assert missing.status_code == 404
+
+    # Refused for money or suspension (a 402): the job stops and fails with that code.
+    served.services.inference.traffic.leave()
+    operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+    blocked = served.client.post("/v1/accounts/demo:block", json={"reason": "t"}, headers=operator)
+    assert blocked.status_code == 200, blocked.text
+    third = _submit(served, jsonl(batch_lines(3)))
+    failed = wait_for(
+        lambda: (b := _batch(served, third))["status"] == "failed" and b, what="the refusal"
+    )
+    assert failed["errors"]["data"][0]["code"] == "blocked"  # type: ignore[index]
+    assert failed["request_counts"]["completed"] == 0  # type: ignore[index]
     with pytest.raises(StopIteration):
         next(gen)
