@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, BinaryIO
@@ -238,25 +238,26 @@ class BatchRunner:
         assert self._slots is not None
         slots = self._slots
         inflight: set[asyncio.Task[None]] = set()
-        async for index, raw in self._lines(row.input_keys):
-            if index in done:
-                continue
-            if job.stop is not None:
-                break
-            await slots.acquire()
-            # After the slot: a line that waited for one must still find a lull to start.
-            await self._lull(job)
-            if job.stop is not None:
-                slots.release()
-                break
-            task = asyncio.get_running_loop().create_task(
-                self._line(job, principal, defaults, index, raw)
-            )
-            task.add_done_callback(lambda _: slots.release())
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
-            job.tasks.add(task)
-            task.add_done_callback(job.tasks.discard)
+        async with contextlib.aclosing(self._lines(row.input_keys)) as lines:
+            async for index, raw in lines:
+                if index in done:
+                    continue
+                if job.stop is not None:
+                    break
+                await slots.acquire()
+                # After the slot: a line that waited for one must still find a lull to start.
+                await self._lull(job)
+                if job.stop is not None:
+                    slots.release()
+                    break
+                task = asyncio.get_running_loop().create_task(
+                    self._line(job, principal, defaults, index, raw)
+                )
+                task.add_done_callback(lambda _: slots.release())
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                job.tasks.add(task)
+                task.add_done_callback(job.tasks.discard)
         if inflight:
             await asyncio.gather(*inflight, return_exceptions=True)
 
@@ -369,7 +370,7 @@ class BatchRunner:
                 count += sum(1 for line in handle if line.strip())
         return count
 
-    async def _lines(self, keys: list[str]) -> AsyncIterator[tuple[int, bytes]]:
+    async def _lines(self, keys: list[str]) -> AsyncGenerator[tuple[int, bytes], None]:
         """Every non-blank input line with its index, read a few hundred at a time."""
         index = 0
         for key in keys:
