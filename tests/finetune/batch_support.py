@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+import redis
 import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -20,7 +22,7 @@ from firebox.server import initialize
 from firebox.services import Services, build_services
 from firebox.settings import Settings
 from firebox.store.database import Database
-from tests.conftest import OPERATOR_KEY
+from tests.conftest import OPERATOR_KEY, REDIS_URL
 
 TINY = "accounts/firebox/models/firebox-tiny"
 QUESTIONS = ["What color is the sky?", "Name a fruit.", "Count to three.", "Say hello.", "Why?"]
@@ -37,9 +39,16 @@ class App:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-def app(tmp_path: Path, database: Database, clock: FakeClock, **extra: Any) -> Iterator[App]:
-    """The whole gateway in process, its batch runner polling fast; the demo account's key."""
+def app(
+    tmp_path: Path, database: Database, clock: FakeClock, key: str | None = None, **extra: Any
+) -> Iterator[App]:
+    """The whole gateway in process, its batch runner polling fast; the demo account's key.
+
+    ``key``: the demo key a first start on the same database issued (a restart issues none).
+    """
     torch.set_num_threads(1)
+    if REDIS_URL and key is None:  # a fresh database: no counters of an earlier test's "demo"
+        redis.Redis.from_url(REDIS_URL).flushdb()
     settings = Settings(
         data_dir=tmp_path / "data",
         admin_key=OPERATOR_KEY,
@@ -47,10 +56,11 @@ def app(tmp_path: Path, database: Database, clock: FakeClock, **extra: Any) -> I
         bootstrap_demo=True,
         warm_local_engines=False,
         batch_poll_s=0.2,
+        redis_url=REDIS_URL,  # CI: admission (the batch price, no rate limit) in Redis too
         **extra,
     )
     services = build_services(settings, db=database, clock=clock)
-    key = initialize(services).demo_key
+    key = initialize(services).demo_key or key
     assert key is not None
     with TestClient(create_app(services), raise_server_exceptions=False) as client:
         yield App(services, client, key)
@@ -99,3 +109,17 @@ def usage_rows(services: Services, prefix: str) -> list[UsageRecordRow]:
         ).all()
         session.expunge_all()
     return list(rows)
+
+
+class ThroughTestClient(httpx.BaseTransport):
+    """Hands an SDK's requests to the in-process app (its TestClient is another httpx)."""
+
+    def __init__(self, client: TestClient) -> None:
+        self._client = client
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self._client.request(
+            request.method, str(request.url), headers=dict(request.headers), content=request.read()
+        )
+        headers = [(k, v) for k, v in answer.headers.multi_items() if k != "content-encoding"]
+        return httpx.Response(answer.status_code, headers=headers, content=answer.content)

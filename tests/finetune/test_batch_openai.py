@@ -17,6 +17,7 @@ import pytest
 
 from firebox.billing.money import divide_half_even
 from firebox.clock import FakeClock
+from firebox.money_state import format_usd
 from firebox.store.database import Database
 from tests.conftest import OPERATOR_KEY
 from tests.finetune.batch_support import App, app, batch_lines, jsonl, usage_rows, wait_for
@@ -100,6 +101,10 @@ def test_a_batch_of_50_answers_in_order_at_half_price_outside_the_rate_limit(
         counts = (row.prompt_tokens, row.cached_prompt_tokens, row.completion_tokens)
         assert row.amount_micros == _amount(chat_unit, *counts, share=50)
         assert row.amount_micros <= (_amount(chat_unit, *counts) + 1) // 2
+    report = ok(served.client.get("/v1/accounts/demo/usage?groupBy=kind", headers=served.headers))
+    (batch_group,) = [g for g in report["groups"] if g["key"] == "batch"]
+    assert batch_group["requests"] == 50
+    assert batch_group["amount"] == format_usd(sum(r.amount_micros for r in rows))
     usage = done.usage
     assert usage is not None
     assert usage.input_tokens == sum(r.prompt_tokens for r in rows)

@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, BinaryIO
@@ -37,10 +38,10 @@ from firebox.accounts.roles import Role
 from firebox.clock import Clock
 from firebox.errors import FireboxError, PaymentRequired, RateLimited
 from firebox.finetune import batch_repository as repo
-from firebox.finetune.batch_files import BatchFileService, file_key
+from firebox.finetune.batch_files import BatchFileService
 from firebox.finetune.batch_lines import error_line, parameters, parse_line, result_line
-from firebox.finetune.batch_models import BatchApi, BatchJobRow, JobState
-from firebox.finetune.batch_schemas import job_name
+from firebox.finetune.batch_models import BatchJobRow, JobState
+from firebox.finetune.batch_output import BatchOutput
 from firebox.finetune.batch_service import BatchDatasets
 from firebox.inference.serving import Answer, InferenceService
 from firebox.storage.blobs import BlobStore
@@ -49,6 +50,7 @@ from firebox.store.database import Database
 log = logging.getLogger("firebox.batch")
 
 READ_LINES = 256  # input lines read per trip to a worker thread
+STOP_CHECK_S = 0.5  # how often a job waiting for a lull looks whether it was cancelled
 RETRY_RESERVED_S = 1.0  # a line refused only by reservations in flight waits this long
 
 
@@ -57,7 +59,7 @@ class _Job:
     """A job this replica runs, and what its heartbeat learned about it."""
 
     row: BatchJobRow
-    stop: str | None = None  # "cancelled" | "deleted" | "failed" once it must stop
+    stop: str | None = None  # "cancelled" | "deleted" | "failed" | "expired": it must stop
     failure: FireboxError | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -97,6 +99,7 @@ class BatchRunner:
         self._main: asyncio.Task[None] | None = None
         self._jobs: dict[int, _Job] = {}
         self._slots: asyncio.Semaphore | None = None
+        self._output = BatchOutput(db, clock, blobs, files, datasets)
         self.lines_run = 0  # lines this replica ran (tests, benchmarks)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -204,13 +207,13 @@ class BatchRunner:
                 await self._run_lines(job)
             if job.stop == "deleted":
                 return
-            await to_thread.run_sync(self._finish, job)
+            await to_thread.run_sync(self._output.finish, job.row.pk, job.stop, job.failure)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("batch job %s failed", pk)
             error = exc if isinstance(exc, FireboxError) else None
-            await to_thread.run_sync(self._fail, pk, error)
+            await to_thread.run_sync(self._output.fail, pk, error)
         finally:
             heartbeat.cancel()
             self._jobs.pop(pk, None)
@@ -235,26 +238,36 @@ class BatchRunner:
         assert self._slots is not None
         slots = self._slots
         inflight: set[asyncio.Task[None]] = set()
-        async for index, raw in self._lines(row.input_keys):
-            if index in done:
-                continue
-            if job.stop is not None:
-                break
-            await self._inference.traffic.lull(self._lull_max_wait_s)
-            await slots.acquire()
-            if job.stop is not None:
-                slots.release()
-                break
-            task = asyncio.get_running_loop().create_task(
-                self._line(job, principal, defaults, index, raw)
-            )
-            task.add_done_callback(lambda _: slots.release())
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
-            job.tasks.add(task)
-            task.add_done_callback(job.tasks.discard)
+        async with contextlib.aclosing(self._lines(row.input_keys)) as lines:
+            async for index, raw in lines:
+                if index in done:
+                    continue
+                if job.stop is not None:
+                    break
+                await slots.acquire()
+                # After the slot: a line that waited for one must still find a lull to start.
+                await self._lull(job)
+                if job.stop is not None:
+                    slots.release()
+                    break
+                task = asyncio.get_running_loop().create_task(
+                    self._line(job, principal, defaults, index, raw)
+                )
+                task.add_done_callback(lambda _: slots.release())
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                job.tasks.add(task)
+                task.add_done_callback(job.tasks.discard)
         if inflight:
             await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _lull(self, job: _Job) -> None:
+        """Wait for a lull in interactive traffic (at most the bound), or for the job to stop."""
+        deadline = time.monotonic() + self._lull_max_wait_s
+        while job.stop is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or await self._inference.traffic.lull(min(left, STOP_CHECK_S)):
+                return
 
     async def _line(
         self, job: _Job, principal: Principal, defaults: dict[str, Any], index: int, raw: bytes
@@ -312,6 +325,8 @@ class BatchRunner:
                 return
             if row.state == JobState.CANCELLING.value and job.stop is None:
                 job.stop = "cancelled"
+            if row.expire_time is not None and now >= row.expire_time and job.stop is None:
+                job.stop = "expired"  # OpenAI's 24 h window: what ran is kept
             row.lease_owner = self.owner
             row.lease_until = now + self._lease
 
@@ -355,7 +370,7 @@ class BatchRunner:
                 count += sum(1 for line in handle if line.strip())
         return count
 
-    async def _lines(self, keys: list[str]) -> AsyncIterator[tuple[int, bytes]]:
+    async def _lines(self, keys: list[str]) -> AsyncGenerator[tuple[int, bytes], None]:
         """Every non-blank input line with its index, read a few hundred at a time."""
         index = 0
         for key in keys:
@@ -367,96 +382,6 @@ class BatchRunner:
                         index += 1
             finally:
                 handle.close()
-
-    def _finish(self, job: _Job) -> None:
-        """Write the output in input order, then the final state."""
-        pk = job.row.pk
-        with self._db.transaction() as session:
-            row = repo.job_by_pk(session, pk)
-            if row is None:
-                return
-            row.state = JobState.WRITING_RESULTS.value
-            row.update_time = self._clock.now()
-        if job.stop == "cancelled":
-            final = JobState.CANCELLED
-        elif job.stop == "failed":
-            final = JobState.FAILED
-        else:
-            final = JobState.COMPLETED
-        with self._db.transaction() as session:
-            row = repo.job_by_pk(session, pk)
-            if row is None:
-                return
-            session.expunge(row)
-        if row.api == BatchApi.OPENAI.value:
-            output_id, error_id = self._write_openai(row)
-            fields: dict[str, Any] = {"output_file_id": output_id, "error_file_id": error_id}
-        else:
-            key = f"batch/{row.account_id}/{row.uid}/output.jsonl"
-            self._write(row.pk, key, None)
-            self._datasets().store_output(
-                row.account_id, row.output_dataset, key, job_name(row.account_id, row.job_id)
-            )
-            self._blobs.delete_prefix(key.rsplit("/", 1)[0])  # the dataset holds its copy
-            fields = {}
-        now = self._clock.now()
-        with self._db.transaction() as session:
-            stored = repo.job_by_pk(session, pk)
-            if stored is None:
-                return
-            for name, value in fields.items():
-                setattr(stored, name, value)
-            stored.state = final.value
-            if job.failure is not None:
-                stored.status_code = job.failure.code
-                stored.status_message = job.failure.message
-            stored.end_time = now
-            stored.update_time = now
-            stored.lease_owner = ""
-            stored.lease_until = None
-
-    def _write_openai(self, row: BatchJobRow) -> tuple[str, str]:
-        """The output file (lines that succeeded) and the error file (the rest), registered."""
-        ids = []
-        for ok, suffix in ((True, "output"), (False, "errors")):
-            file_id = f"file-{uuid.uuid4().hex}"
-            key = file_key(row.account_id, file_id)
-            size = self._write(row.pk, key, ok)
-            if size == 0 and not ok:
-                self._blobs.delete_prefix(key.rsplit("/", 1)[0])
-                ids.append("")
-                continue
-            self._files.register(
-                row.account_id, file_id, "batch_output", f"{row.job_id}_{suffix}.jsonl", size, key
-            )
-            ids.append(file_id)
-        return ids[0], ids[1]
-
-    def _write(self, pk: int, key: str, ok: bool | None) -> int:
-        """Stream the job's results (those with ``ok``, or all) in line order to ``key``."""
-        writer = self._blobs.writer(key, max_bytes=2**62)
-        try:
-            with self._db.transaction() as session:
-                for result in repo.iter_results(session, pk):
-                    if ok is None or result.ok == ok:
-                        writer.write(result.output.encode() + b"\n")
-            return writer.commit()
-        finally:
-            writer.abort()
-
-    def _fail(self, pk: int, error: FireboxError | None) -> None:
-        now = self._clock.now()
-        with self._db.transaction() as session:
-            row = repo.job_by_pk(session, pk)
-            if row is None:
-                return
-            row.state = JobState.FAILED.value
-            row.status_code = error.code if error else "INTERNAL"
-            row.status_message = error.message if error else "The job failed; see the server log."
-            row.end_time = now
-            row.update_time = now
-            row.lease_owner = ""
-            row.lease_until = None
 
 
 def _read_lines(handle: BinaryIO, limit: int) -> list[bytes]:
