@@ -20,7 +20,8 @@ from firebox.billing.invoices import InvoiceService
 from firebox.billing.period import PeriodCloseJob, PeriodCloser
 from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
-from firebox.catalog.uploads import ModelUploads, UploadLimits
+from firebox.catalog.upload_rules import UploadLimits
+from firebox.catalog.uploads import ModelUploads
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.inference.embeddings import EmbeddingService
 from firebox.inference.metering import NoJournal, UsageJournal, UsageSink

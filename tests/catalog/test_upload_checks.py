@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from firebox.catalog.safetensors_header import read_safetensors_header
 from firebox.catalog.upload_checks import (
     UploadProblems,
     check_adapter,
     check_base_model,
     file_name_problem,
-    read_safetensors_header,
 )
 from firebox.inference.local.text_config import read_text_model_config
 
