@@ -182,6 +182,7 @@ def build_services(
         ),
         models_dir=models_dir,
     )
+    model_uploads.files_dropped.append(engines.retire_under)  # a deleted base frees its engine
     return Services(
         settings=settings,
         db=db,

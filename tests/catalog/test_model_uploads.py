@@ -212,7 +212,7 @@ def test_pickles_code_and_oversized_files_are_refused_before_any_byte_is_stored(
 
 
 def test_custom_base_models_are_for_enterprise_accounts(
-    client: TestClient, operator_headers: dict[str, str], members: Members
+    client: TestClient, operator_headers: dict[str, str], members: Members, services: Services
 ) -> None:
     tiny = MODELS / "firebox-tiny"
     refused = post_model(
@@ -252,6 +252,15 @@ def test_custom_base_models_are_for_enterprise_accounts(
     ok(validate(client, key, "bigco", "own-lora"))
     busy = client.delete("/v1/accounts/bigco/models/own", headers=key)
     assert "accounts/bigco/models/own-lora" in error_of(busy, 400)["message"]
+    # Once nothing uses it, it goes with its files, and its engine is let go.
+    loaded = [str(getattr(b, "path", "")) for b in services.engines.text_bindings()]
+    assert any("/models/bigco/own/" in path for path in loaded)
+    ok(client.delete("/v1/accounts/bigco/deployedModels/own-lora", headers=key))
+    ok(client.delete("/v1/accounts/bigco/models/own-lora", headers=key))
+    ok(client.delete("/v1/accounts/bigco/models/own", headers=key))
+    loaded = [str(getattr(b, "path", "")) for b in services.engines.text_bindings()]
+    assert not any("/models/bigco/own/" in path for path in loaded)
+    assert services.storage.blobs.list("models/bigco") == []
 
 
 def test_a_base_folder_the_engine_cannot_run_is_refused(

@@ -18,6 +18,7 @@ old one goes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from anyio import to_thread
@@ -91,6 +92,8 @@ class ModelUploads:
         self._ttl = url_ttl_s
         self.limits = limits
         self._models_dir = models_dir
+        # Called with a deleted model's files folder (the engine router forgets its engine).
+        self.files_dropped: list[Callable[[Path], None]] = []
         catalog.deleted_listeners.append(self._drop_files)
 
     # -- upload URLs -----------------------------------------------------------
@@ -360,4 +363,11 @@ class ModelUploads:
             )
 
     def _drop_files(self, account_id: str, model_id: str) -> None:
-        self._blobs.delete_prefix(files_prefix(account_id, model_id))
+        prefix = files_prefix(account_id, model_id)
+        stored = self._blobs.list(prefix)
+        if stored:
+            # models/{a}/{m}/{set}/{file}: the model's folder is two levels up from a file.
+            folder = self._blobs.local_path(stored[0].key).parent.parent
+            for listener in self.files_dropped:
+                listener(folder)
+        self._blobs.delete_prefix(prefix)
