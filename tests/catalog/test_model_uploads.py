@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from firebox.catalog.preload import preload
 from firebox.services import Services
-from tests.catalog.conftest import Members, create_model, error_of, post_model
+from tests.catalog.conftest import UPSTREAM, Members, create_model, error_of, post_model
 from tests.support.api import bearer, create_account, member_key, ok
 from tests.support.ledger import usage_rows
 
@@ -282,6 +282,15 @@ def test_a_base_folder_the_engine_cannot_run_is_refused(
     upload(client, key, "bigco", "odd", folder)
     message = error_of(validate(client, key, "bigco", "odd"), 400)["message"]
     assert "- config.json:" in message and "GPT2LMHeadModel" in message
+    # Bound by the operator to an upstream that serves it, the same files validate.
+    bound = client.patch(
+        "/v1/accounts/bigco/models/odd", json={"engine": UPSTREAM}, headers=operator_headers
+    )
+    assert ok(bound)["state"] == "UPLOADING"  # its files are still to be checked
+    ok(validate(client, key, "bigco", "odd"))
+    model = ok(client.get("/v1/accounts/bigco/models/odd", headers=operator_headers))
+    assert (model["state"], model["engine"]["type"]) == ("READY", "upstream")
+    assert model["baseModelDetails"]["parameterCount"] == "4999424"
 
 
 @pytest.mark.parametrize("precision", ["FP8"])
