@@ -20,7 +20,8 @@ from firebox.billing.invoices import InvoiceService
 from firebox.billing.period import PeriodCloseJob, PeriodCloser
 from firebox.billing.service import BillingService
 from firebox.catalog.service import CatalogService
-from firebox.catalog.uploads import ModelUploads, UploadLimits
+from firebox.catalog.upload_rules import UploadLimits
+from firebox.catalog.uploads import ModelUploads
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.deployments.drivers.base import DeploymentDriver
 from firebox.deployments.placement import PlacementRules
@@ -232,6 +233,8 @@ def build_services(
         models_dir=models_dir,
     )
     services = Services(
+    model_uploads.files_dropped.append(engines.retire_under)  # a deleted base frees its engine
+    return Services(
         settings=settings,
         db=db,
         clock=clock,

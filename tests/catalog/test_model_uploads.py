@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from firebox.catalog.preload import preload
 from firebox.services import Services
-from tests.catalog.conftest import Members, create_model, error_of, post_model
+from tests.catalog.conftest import UPSTREAM, Members, create_model, error_of, post_model
 from tests.support.api import bearer, create_account, member_key, ok
 from tests.support.ledger import usage_rows
 
@@ -212,7 +212,7 @@ def test_pickles_code_and_oversized_files_are_refused_before_any_byte_is_stored(
 
 
 def test_custom_base_models_are_for_enterprise_accounts(
-    client: TestClient, operator_headers: dict[str, str], members: Members
+    client: TestClient, operator_headers: dict[str, str], members: Members, services: Services
 ) -> None:
     tiny = MODELS / "firebox-tiny"
     refused = post_model(
@@ -252,6 +252,15 @@ def test_custom_base_models_are_for_enterprise_accounts(
     ok(validate(client, key, "bigco", "own-lora"))
     busy = client.delete("/v1/accounts/bigco/models/own", headers=key)
     assert "accounts/bigco/models/own-lora" in error_of(busy, 400)["message"]
+    # Once nothing uses it, it goes with its files, and its engine is let go.
+    loaded = [str(getattr(b, "path", "")) for b in services.engines.text_bindings()]
+    assert any("/models/bigco/own/" in path for path in loaded)
+    ok(client.delete("/v1/accounts/bigco/deployedModels/own-lora", headers=key))
+    ok(client.delete("/v1/accounts/bigco/models/own-lora", headers=key))
+    ok(client.delete("/v1/accounts/bigco/models/own", headers=key))
+    loaded = [str(getattr(b, "path", "")) for b in services.engines.text_bindings()]
+    assert not any("/models/bigco/own/" in path for path in loaded)
+    assert services.storage.blobs.list("models/bigco") == []
 
 
 def test_a_base_folder_the_engine_cannot_run_is_refused(
@@ -273,6 +282,15 @@ def test_a_base_folder_the_engine_cannot_run_is_refused(
     upload(client, key, "bigco", "odd", folder)
     message = error_of(validate(client, key, "bigco", "odd"), 400)["message"]
     assert "- config.json:" in message and "GPT2LMHeadModel" in message
+    # Bound by the operator to an upstream that serves it, the same files validate.
+    bound = client.patch(
+        "/v1/accounts/bigco/models/odd", json={"engine": UPSTREAM}, headers=operator_headers
+    )
+    assert ok(bound)["state"] == "UPLOADING"  # its files are still to be checked
+    ok(validate(client, key, "bigco", "odd"))
+    model = ok(client.get("/v1/accounts/bigco/models/odd", headers=operator_headers))
+    assert (model["state"], model["engine"]["type"]) == ("READY", "upstream")
+    assert model["baseModelDetails"]["parameterCount"] == "4999424"
 
 
 @pytest.mark.parametrize("precision", ["FP8"])

@@ -202,8 +202,8 @@ class CatalogService:
                 if spec.peft_details is not None
                 else self._base_of(session, row)
             )
-            if row.state == rules.UPLOADING:
-                row.state = rules.initial_state(row)  # the operator bound it meanwhile
+            if row.state == rules.UPLOADING and not row.upload_files:
+                row.state = rules.initial_state(row)  # bound meanwhile, no files to check
             rules.check_public(row)
             rules.check_price(row)
             row.update_time = self._clock.now()

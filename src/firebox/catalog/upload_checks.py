@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firebox.catalog.safetensors_header import FLOATS, Tensor, read_safetensors_header
 from firebox.inference.local.text_config import (
     SUPPORTED_ARCHITECTURES,
     TextModelConfig,
@@ -30,25 +31,9 @@ from firebox.inference.local.text_config import (
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".md", ".jinja", ".tiktoken")
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
 _LORA_KEY = re.compile(
     r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$"
 )
-_DTYPE_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-}
-_FLOATS = {"F64", "F32", "F16", "BF16"}
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
@@ -84,19 +69,6 @@ class UploadProblems(ValueError):
         self.problems = kept
 
 
-@dataclass(frozen=True, slots=True)
-class Tensor:
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
-
-
 @dataclass
 class AdapterFacts:
     rank: int
@@ -129,52 +101,6 @@ def file_name_problem(name: str) -> str | None:
             + " files (no code: remote code is never run)"
         )
     return None
-
-
-def read_safetensors_header(path: Path) -> dict[str, Tensor]:
-    """The tensors a safetensors file declares, checked against its size; no tensor is read."""
-    size = path.stat().st_size
-    with path.open("rb") as file:
-        prefix = file.read(8)
-        if len(prefix) != 8:
-            raise ValueError("too short to be a safetensors file")
-        length = int.from_bytes(prefix, "little")
-        if length < 2 or length > min(_MAX_HEADER_BYTES, size - 8):
-            raise ValueError("not a safetensors file (its header length is impossible)")
-        try:
-            raw = json.loads(file.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError("not a safetensors file (its header is not JSON)") from None
-    if not isinstance(raw, dict):
-        raise ValueError("not a safetensors file (its header is not a JSON object)")
-    data_bytes = size - 8 - length
-    tensors: dict[str, Tensor] = {}
-    for name, entry in raw.items():
-        if name == "__metadata__":
-            continue
-        tensor = _tensor_entry(name, entry, data_bytes)
-        tensors[name] = tensor
-    return tensors
-
-
-def _tensor_entry(name: str, entry: Any, data_bytes: int) -> Tensor:
-    if not isinstance(entry, dict):
-        raise ValueError(f"tensor {name!r} has no description")
-    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in _DTYPE_BYTES:
-        raise ValueError(f"tensor {name!r} has the unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ValueError(f"tensor {name!r} has an invalid shape")
-    tensor = Tensor(dtype=dtype, shape=tuple(shape))
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1] <= data_bytes
-        or offsets[1] - offsets[0] != tensor.numel * _DTYPE_BYTES[dtype]
-    ):
-        raise ValueError(f"tensor {name!r} does not fit the file (truncated or corrupt)")
-    return tensor
 
 
 def _json_object(folder: Path, name: str, problems: list[Problem]) -> dict[str, Any] | None:
@@ -320,7 +246,7 @@ def _check_lora_tensors(
         if found is None:
             problems.append(Problem(name, f"{key!r} is not a LoRA A/B weight of a layer"))
             continue
-        if tensor.dtype not in _FLOATS or len(tensor.shape) != 2:
+        if tensor.dtype not in FLOATS or len(tensor.shape) != 2:
             problems.append(Problem(name, f"{key!r} is not a 2-D float tensor"))
             continue
         layer, module, which = int(found.group(1)), found.group(2), found.group(3)

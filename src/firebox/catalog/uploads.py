@@ -18,24 +18,19 @@ old one goes.
 
 from __future__ import annotations
 
-import hashlib
-import re
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from anyio import to_thread
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from firebox.accounts import repository as accounts_repo
-from firebox.accounts.bootstrap import PLATFORM_ACCOUNT
 from firebox.accounts.models import AccountRow
 from firebox.accounts.principal import Principal
-from firebox.accounts.roles import Permission, Plan
+from firebox.accounts.roles import Permission
 from firebox.catalog import access, rules
 from firebox.catalog import deployed_repository as deployed_repo
 from firebox.catalog import repository as repo
-from firebox.catalog.binding import LocalEngine, binding_from_json, binding_to_json
+from firebox.catalog.binding import LocalEngine, binding_from_json
 from firebox.catalog.deployed_schemas import DeployedModelSpec
 from firebox.catalog.deployed_service import AdapterHooks
 from firebox.catalog.kinds import ModelKind, model_name
@@ -47,60 +42,31 @@ from firebox.catalog.upload_checks import (
     UploadProblems,
     check_adapter,
     check_base_model,
-    file_name_problem,
+)
+from firebox.catalog.upload_rules import (
+    Pending,
+    UploadLimits,
+    apply_base,
+    check_request,
+    check_uploadable,
+    files_prefix,
+    plan_of,
+    set_prefix,
 )
 from firebox.catalog.upload_schemas import UploadEndpointRequest
 from firebox.clock import Clock
 from firebox.errors import (
+    AlreadyExists,
     FailedPrecondition,
     FireboxError,
     InvalidArgument,
     PayloadTooLarge,
-    PermissionDenied,
 )
 from firebox.inference.local.text_config import TextModelConfig, read_text_model_config
 from firebox.storage.blobs import BlobStore
 from firebox.storage.signed import UrlSigner
 from firebox.store.database import Database
 from firebox.store.locking import lock_rows
-
-_UPLOADABLE = (ModelKind.LORA_ADDON, ModelKind.TEXT_BASE)
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
-
-
-@dataclass(frozen=True)
-class UploadLimits:
-    """The operator's bounds on uploads (``FIREBOX_MODEL_UPLOAD_*``, storage quota, rank)."""
-
-    max_file_bytes: int
-    max_files: int
-    account_quota_bytes: int
-    max_lora_rank: int
-
-
-@dataclass(frozen=True)
-class _Pending:
-    """What validation needs, read in one short transaction."""
-
-    name: str
-    kind: ModelKind
-    files: dict[str, int]
-    prefix: str
-    declared_rank: int | None
-    declared_targets: tuple[str, ...]
-    base_path: str | None  # the folder of an add-on's base, when the local engine serves it
-    upstream_bound: bool
-    price_set: bool
-    unserved_base: str | None = None  # an add-on's base that has no engine (yet)
-
-
-def files_prefix(account_id: str, model_id: str) -> str:
-    return f"models/{account_id}/{model_id}"
-
-
-def _set_prefix(account_id: str, model_id: str, files: dict[str, int]) -> str:
-    digest = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:16]
-    return f"{files_prefix(account_id, model_id)}/{digest}"
 
 
 class ModelUploads:
@@ -126,6 +92,8 @@ class ModelUploads:
         self._ttl = url_ttl_s
         self.limits = limits
         self._models_dir = models_dir
+        # Called with a deleted model's files folder (the engine router forgets its engine).
+        self.files_dropped: list[Callable[[Path], None]] = []
         catalog.deleted_listeners.append(self._drop_files)
 
     # -- upload URLs -----------------------------------------------------------
@@ -136,15 +104,15 @@ class ModelUploads:
         """Signed PUT paths, one per file, each for exactly the declared size."""
         principal.require(account_id, Permission.RESOURCES_WRITE)
         files = dict(body.filename_to_size)
-        self._check_request(files)
+        check_request(files, self.limits)
         total = sum(files.values())
         with self._db.transaction() as session:
             lock_rows(session, AccountRow, AccountRow.id == account_id)  # quota check below
             row = access.writable(session, principal, account_id, model_id)
-            plan = _plan(session, account_id)
+            plan = plan_of(session, account_id)
             kind = ModelKind(row.kind)
             access.authorize_write(principal, kind, set(), plan)
-            _check_uploadable(row, kind, plan)
+            check_uploadable(row, kind, plan)
             used = session.scalar(
                 select(func.coalesce(func.sum(ModelRow.upload_bytes), 0)).where(
                     ModelRow.account_id == account_id, ModelRow.pk != row.pk
@@ -163,48 +131,15 @@ class ModelUploads:
             row.upload_bytes = total
             row.status_message = None
             row.update_time = self._clock.now()
-        prefix = _set_prefix(account_id, model_id, files)
-        if old and _set_prefix(account_id, model_id, old) != prefix:
-            self._blobs.delete_prefix(_set_prefix(account_id, model_id, old))
+        prefix = set_prefix(account_id, model_id, files)
+        if old and set_prefix(account_id, model_id, old) != prefix:
+            self._blobs.delete_prefix(set_prefix(account_id, model_id, old))
         return {
             name: self._signer.sign(
                 "PUT", f"{prefix}/{name}", account_id, size=size, ttl_s=self._ttl
             )
             for name, size in sorted(files.items())
         }
-
-    def _check_request(self, files: dict[str, int]) -> None:
-        if len(files) > self.limits.max_files:
-            raise InvalidArgument(
-                f"{len(files)} files is more than the {self.limits.max_files} one model may have.",
-                code="too_many_files",
-                param="filenameToSize",
-            )
-        problems = []
-        for name in sorted(files):
-            why = file_name_problem(name)
-            if not _FILE_NAME.match(name):
-                why = (
-                    "give plain file names: letters, digits, '.', '_' and '-', no folders, "
-                    "not starting with '.' or '-'"
-                )
-            if why is not None:
-                problems.append(Problem(name, why))
-        if problems:
-            raise InvalidArgument(
-                "These files are refused:\n" + "\n".join(f"- {p}" for p in problems),
-                code="file_refused",
-                param="filenameToSize",
-            )
-        for name, size in sorted(files.items()):
-            if size > self.limits.max_file_bytes:
-                raise PayloadTooLarge(
-                    f"{name} is {size:,} bytes; one file may have at most "
-                    f"{self.limits.max_file_bytes:,} (FIREBOX_MODEL_UPLOAD_MAX_FILE_BYTES). "
-                    "Split the weights into safetensors shards.",
-                    code="file_too_large",
-                    param="filenameToSize",
-                )
 
     # -- validation ------------------------------------------------------------
 
@@ -238,15 +173,15 @@ class ModelUploads:
         self._catalog.refresh()
         return warnings, pending.name if pending.kind is ModelKind.LORA_ADDON else None
 
-    def _pending(self, principal: Principal, account_id: str, model_id: str) -> _Pending | None:
+    def _pending(self, principal: Principal, account_id: str, model_id: str) -> Pending | None:
         with self._db.transaction() as session:
             row = access.writable(session, principal, account_id, model_id)
-            plan = _plan(session, account_id)
+            plan = plan_of(session, account_id)
             kind = ModelKind(row.kind)
             access.authorize_write(principal, kind, set(), plan)
             if row.state == rules.READY and row.upload_files:
                 return None
-            _check_uploadable(row, kind, plan)
+            check_uploadable(row, kind, plan)
             if not row.upload_files:
                 raise FailedPrecondition(
                     f"{model_name(account_id, model_id)} has no files yet: call "
@@ -256,11 +191,11 @@ class ModelUploads:
             base = repo.get_model_by_pk(session, row.base_model_pk) if row.base_model_pk else None
             base_engine = binding_from_json(base.engine) if base is not None else None
             own_engine = binding_from_json(row.engine)
-            return _Pending(
+            return Pending(
                 name=model_name(account_id, model_id),
                 kind=kind,
                 files=dict(row.upload_files),
-                prefix=_set_prefix(account_id, model_id, dict(row.upload_files)),
+                prefix=set_prefix(account_id, model_id, dict(row.upload_files)),
                 declared_rank=row.lora_rank,
                 declared_targets=tuple(row.target_modules or ()),
                 base_path=base_engine.path if isinstance(base_engine, LocalEngine) else None,
@@ -273,7 +208,7 @@ class ModelUploads:
                 ),
             )
 
-    def _check(self, pending: _Pending) -> tuple[Path, dict[str, object], list[str]]:
+    def _check(self, pending: Pending) -> tuple[Path, dict[str, object], list[str]]:
         problems = []
         for name, size in sorted(pending.files.items()):
             stored = self._blobs.size(f"{pending.prefix}/{name}")
@@ -342,7 +277,7 @@ class ModelUploads:
         self,
         account_id: str,
         model_id: str,
-        pending: _Pending,
+        pending: Pending,
         *,
         folder: Path | None = None,
         updates: dict[str, object] | None = None,
@@ -363,7 +298,7 @@ class ModelUploads:
             if pending.kind is ModelKind.LORA_ADDON:
                 row.adapter_path = str(folder)
             else:
-                _apply_base(row, folder, updates or {})
+                apply_base(row, folder, updates or {})
             row.state = rules.READY
             row.status_message = None
 
@@ -377,6 +312,8 @@ class ModelUploads:
             return []
         try:
             await deployed.load(principal, account_id, DeployedModelSpec(model=name), hooks)
+        except AlreadyExists:
+            return []  # a concurrent validation loaded it
         except FireboxError as exc:
             return [f"The add-on is READY but was not loaded for serving: {exc.message}"]
         return []
@@ -402,7 +339,7 @@ class ModelUploads:
                 f"{model_name(account_id, model_id)} has no uploaded files to download.",
                 code="no_files_uploaded",
             )
-        prefix = _set_prefix(account_id, model_id, files)
+        prefix = set_prefix(account_id, model_id, files)
         return {
             name: self._signer.sign(
                 "GET", f"{prefix}/{name}", account_id, size=None, ttl_s=self._ttl
@@ -426,50 +363,11 @@ class ModelUploads:
             )
 
     def _drop_files(self, account_id: str, model_id: str) -> None:
-        self._blobs.delete_prefix(files_prefix(account_id, model_id))
-
-
-def _plan(session: Session, account_id: str) -> Plan | None:
-    account = accounts_repo.get_account(session, account_id)
-    return Plan(account.plan) if account is not None else None
-
-
-def _check_uploadable(row: ModelRow, kind: ModelKind, plan: Plan | None) -> None:
-    name = model_name(row.account_id, row.model_id)
-    if kind not in _UPLOADABLE:
-        raise InvalidArgument(
-            f"{name} is a {kind.value} model; files are uploaded for LoRA add-ons "
-            "(HF_PEFT_ADDON) and base models (HF_BASE_MODEL).",
-            code="upload_not_supported",
-        )
-    if (
-        kind is ModelKind.TEXT_BASE
-        and plan is not Plan.ENTERPRISE
-        and (row.account_id != PLATFORM_ACCOUNT)
-    ):
-        shown = plan.value.title() if plan is not None else "another"
-        raise PermissionDenied(
-            f"Custom base models need the Enterprise plan; account {row.account_id!r} is on "
-            f"the {shown} plan.",
-            code="plan_required",
-        )
-    if row.state != rules.UPLOADING:
-        raise FailedPrecondition(
-            f"{name} is {row.state} and takes no more files; create a new model for other weights.",
-            code="model_not_uploading",
-        )
-
-
-def _apply_base(row: ModelRow, folder: Path, updates: dict[str, object]) -> None:
-    count = updates["parameter_count"]
-    assert isinstance(count, int)
-    row.parameter_count = count
-    row.moe = bool(updates["moe"])
-    model_type = updates["model_type"]
-    row.model_type = model_type if isinstance(model_type, str) else None
-    context = updates["context_length"]
-    if row.context_length is None and isinstance(context, int):
-        row.context_length = context
-    if row.engine is None:
-        row.engine = binding_to_json(LocalEngine(path=str(folder)))
-    row.supports_lora = True
+        prefix = files_prefix(account_id, model_id)
+        stored = self._blobs.list(prefix)
+        if stored:
+            # models/{a}/{m}/{set}/{file}: the model's folder is two levels up from a file.
+            folder = self._blobs.local_path(stored[0].key).parent.parent
+            for listener in self.files_dropped:
+                listener(folder)
+        self._blobs.delete_prefix(prefix)

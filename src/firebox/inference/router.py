@@ -129,6 +129,7 @@ class EngineRouter:
         self._text: dict[EngineBinding, TextEngine] = {}
         self._embedding: dict[EngineBinding, EmbeddingEngine] = {}
         self._registered: set[tuple[EngineBinding, str, str]] = set()
+        self._retired: list[TextEngine] = []  # closed on the next call from the event loop
         self._lock = threading.Lock()
         self.deployments: DeploymentEngines | None = None  # set by services.py
 
@@ -136,6 +137,8 @@ class EngineRouter:
         """The engine serving ``model``; made (weights loaded) in a worker thread on first use."""
         if model.deployment is not None and self.deployments is not None:
             return self.deployments.engine(model.deployment)
+        if self._retired:
+            await self._close_retired()
         engine = self._text.get(model.binding)
         if engine is None:
             engine = await to_thread.run_sync(self._make_text, model)
@@ -211,15 +214,40 @@ class EngineRouter:
                 self._embedding[model.binding] = engine
             return engine
 
+    def retire_under(self, folder: Path) -> None:
+        """Forget the in-process text engines whose weights lie in ``folder`` (a deleted model).
+
+        Callable from any thread; the engines are closed (their memory freed)
+        on the next engine request, or at ``close``.
+        """
+        with self._lock:
+            for binding in list(self._text):
+                path = binding.path if isinstance(binding, LocalEngine) else None
+                if path is not None and Path(path).is_relative_to(folder):
+                    self._retired.append(self._text.pop(binding))
+
+    def text_bindings(self) -> list[EngineBinding]:
+        """The bindings whose text engine is loaded now."""
+        with self._lock:
+            return list(self._text)
+
+    async def _close_retired(self) -> None:
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for engine in retired:
+            await engine.close()
+
     async def close(self) -> None:
         """Close every engine made so far."""
         with self._lock:
             engines: list[TextEngine | EmbeddingEngine] = [
                 *self._text.values(),
                 *self._embedding.values(),
+                *self._retired,
             ]
             self._text.clear()
             self._embedding.clear()
+            self._retired.clear()
         for engine in engines:
             await engine.close()
 
