@@ -14,11 +14,10 @@ from firebox.billing import admin_endpoints as billing_admin
 from firebox.billing import endpoints as billing_endpoints
 from firebox.catalog.deployed_endpoints import router as deployed_models_router
 from firebox.catalog.endpoints import router as catalog_router
-from firebox.deployments import endpoints as deployments_endpoints
-from firebox.finetune import sft_endpoints
-from firebox.finetune import batch_endpoints, batch_openai_endpoints
-from firebox.finetune.dataset_endpoints import router as datasets_router
 from firebox.catalog.upload_endpoints import router as model_uploads_router
+from firebox.deployments import endpoints as deployments_endpoints
+from firebox.finetune import batch_endpoints, batch_openai_endpoints, sft_endpoints
+from firebox.finetune.dataset_endpoints import router as datasets_router
 from firebox.http.errors import install_error_handlers
 from firebox.http.health import router as health_router
 from firebox.http.middleware import BodyLimitMiddleware, RequestContextMiddleware

@@ -232,9 +232,8 @@ def build_services(
         ),
         models_dir=models_dir,
     )
-    services = Services(
     model_uploads.files_dropped.append(engines.retire_under)  # a deleted base frees its engine
-    return Services(
+    services = Services(
         settings=settings,
         db=db,
         clock=clock,
