@@ -18,7 +18,6 @@ resources, so GPU replicas schedule.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -38,7 +37,16 @@ import firebox
 
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Runs ``ray start`` after asking Linux for a SIGTERM when the test process dies without
+# tearing down (killed): ``ray start --block`` then stops every process it started.
+_STOP_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
 
 # What the tests' cluster offers: 8 "GPUs", usable as A100 and as H100.
 DEFAULT_RESOURCES = {"accelerator_type:A100": 8, "accelerator_type:H100": 8}
@@ -177,7 +185,11 @@ def start_ray_cluster(
     log_path = (log_dir or Path(temp_dir)) / "ray-start.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, env=child_env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_detach
+            [sys.executable, "-c", _STOP_WITH_PARENT, *command],
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # one session id for all of Ray's processes
         )
     cluster = RayCluster(
         process, f"http://127.0.0.1:{dashboard_port}", free_port(), temp_dir, log_path
@@ -188,15 +200,6 @@ def start_ray_cluster(
         cluster.stop()
         raise
     return cluster
-
-
-def _detach() -> None:
-    """In the child: its own session (one id for all of Ray's processes), and a SIGTERM
-    when the test process dies without tearing down (killed), so Ray stops with it."""
-    os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _wait_ready(cluster: RayCluster) -> None:
