@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
@@ -22,6 +23,7 @@ from firebox.deployments.drivers.base import (
     DeploymentTarget,
     ReplicaState,
 )
+from firebox.deployments.metering import GpuMeter
 from firebox.errors import FireboxError
 from firebox.inference.engine import (
     GenerationEvent,
@@ -30,6 +32,7 @@ from firebox.inference.engine import (
     TextDelta,
     UsageReport,
 )
+from firebox.inference.metering import CollectingUsageSink
 
 from .conftest import DriverFactory
 from .support import TINY, target
@@ -38,6 +41,7 @@ pytestmark = pytest.mark.anyio
 
 CAPACITY = {"NVIDIA_A100_80GB": 8, "NVIDIA_H100_80GB": 8}
 DEADLINE_S = 180.0  # generous: engines load on a shared, loaded machine
+SKEW = timedelta(seconds=1)  # a cluster's clock against ours
 
 Seen = Mapping[str, DeploymentObservation]
 
@@ -56,11 +60,39 @@ async def collect(events: AsyncIterator[GenerationEvent]) -> list[GenerationEven
     return [event async for event in events]
 
 
-async def until(driver: DeploymentDriver, check: Callable[[Seen], bool], what: str) -> Seen:
+class Metered:
+    """Every observation of a test, fed to the GPU meter as the controller would."""
+
+    def __init__(self, t: DeploymentTarget) -> None:
+        self.sink = CollectingUsageSink()
+        self.meter = GpuMeter(self.sink, interval_s=60)
+        self.targets = {t.name: t}
+        self.early: list[str] = []  # replicas reported ready in the future
+
+    def observe(self, seen: Seen) -> None:
+        now = datetime.now(UTC)
+        for observed in seen.values():
+            for replica in observed.replicas:
+                if replica.ready_since is not None and replica.ready_since > now + SKEW:
+                    self.early.append(replica.replica_id)
+        self.meter.observe(self.targets, seen, now)
+
+    def billed_ms(self) -> int:
+        return sum(r.gpu_milliseconds for r in self.sink.records())
+
+
+async def until(
+    driver: DeploymentDriver,
+    check: Callable[[Seen], bool],
+    what: str,
+    metered: Metered | None = None,
+) -> Seen:
     """Observe until ``check`` holds (a generous deadline, never a fixed sleep)."""
     deadline = time.monotonic() + DEADLINE_S
     while True:
         seen = await driver.observe()
+        if metered is not None:
+            metered.observe(seen)
         if check(seen):
             return seen
         if time.monotonic() > deadline:
@@ -92,9 +124,11 @@ def unique(base: DeploymentTarget) -> DeploymentTarget:
 
 async def test_wake_load_idle_and_wake_again(make_driver: DriverFactory) -> None:
     t = unique(target(max_replicas=2, target_ongoing_requests=1.0, scale_to_zero_window_s=1.0))
+    metered = Metered(t)
+    started = time.monotonic()
     async with make_driver(CAPACITY) as driver:
         await driver.apply([t])
-        seen = await until(driver, lambda s: t.name in s, "the deployment to be observed")
+        seen = await until(driver, lambda s: t.name in s, "the deployment to be observed", metered)
         assert ready(seen, t.name) == 0  # min 0: nothing runs before the first request
         engine = driver.engine(t.name)
 
@@ -111,7 +145,7 @@ async def test_wake_load_idle_and_wake_again(make_driver: DriverFactory) -> None
         try:
             for hold in holds:
                 await hold.__anext__()
-            seen = await until(driver, lambda s: ready(s, t.name) == 2, "a second replica")
+            seen = await until(driver, lambda s: ready(s, t.name) == 2, "a second replica", metered)
             ids = {r.replica_id for r in seen[t.name].replicas}
             assert first_id in ids and len(ids) == 2
         finally:
@@ -119,7 +153,7 @@ async def test_wake_load_idle_and_wake_again(make_driver: DriverFactory) -> None
                 await hold.aclose()  # type: ignore[attr-defined]
 
         # Idle past the scale-to-zero window: nothing runs.
-        await until(driver, lambda s: running(s, t.name) == 0, "scale to zero")
+        await until(driver, lambda s: running(s, t.name) == 0, "scale to zero", metered)
 
         # A request at zero wakes it again, on a new replica.
         events = await collect(engine.generate(chat()))
@@ -128,8 +162,14 @@ async def test_wake_load_idle_and_wake_again(make_driver: DriverFactory) -> None
         assert ready(seen, t.name) == 1
         assert all(r.replica_id not in ids for r in seen[t.name].replicas)
 
+        metered.observe(await driver.observe())
         await driver.apply([])
-        await until(driver, lambda s: running(s, t.name) == 0, "no replica left (no orphans)")
+        await until(driver, lambda s: running(s, t.name) == 0, "no replica left", metered)
+        # GPU time as the meter bills it from the driver's reports: some, never more than
+        # two replicas for the whole test, and no replica ready before it was.
+        billed = metered.billed_ms()
+        assert 0 < billed <= (time.monotonic() - started) * 2 * 1000 + 2000
+        assert metered.early == []
 
 
 async def test_fixed_counts_override_autoscaling(make_driver: DriverFactory) -> None:
