@@ -317,3 +317,21 @@ def test_observations_write_state_and_events(
     clock.advance(timedelta(days=8))
     assert services.deployments.control.purge_expired() == 1
     assert ok(client.get(f"{dev.base}?showDeleted=true", headers=dev.headers))["deployments"] == []
+
+
+def test_created_or_undeleted_while_suspended_starts_at_zero(
+    client: TestClient, services: Services, dev: Member, operator_headers: dict[str, str]
+) -> None:
+    ok(_create(client, dev, "old", minReplicaCount=1))
+    ok(client.delete(f"{dev.base}/old", headers=dev.headers))
+    block = f"/v1/accounts/{dev.account}:block"
+    ok(client.post(block, json={"reason": "abuse"}, headers=operator_headers))
+    made = ok(_create(client, dev, "late", minReplicaCount=1))
+    assert (made["suspended"], made["desiredReplicaCount"]) == (True, 0)
+    back = ok(client.post(f"{dev.base}/old:undelete", json={}, headers=dev.headers))
+    assert (back["suspended"], back["desiredReplicaCount"]) == (True, 0)
+    ok(client.post(f"/v1/accounts/{dev.account}:unblock", headers=operator_headers))
+    assert services.deployments.control.restore_account(dev.account) == 2  # what the hook does
+    for name in ("late", "old"):
+        got = ok(client.get(f"{dev.base}/{name}", headers=dev.headers))
+        assert (got["suspended"], got["desiredReplicaCount"]) == (False, 1), name

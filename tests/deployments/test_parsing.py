@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from firebox.deployments import durations, listing, shape_repository
 from firebox.deployments.shape_files import ShapesFileError
@@ -117,3 +119,28 @@ def test_a_bad_shapes_file_stops_the_start(services: Services, tmp_path: Path) -
         shape = shape_repository.get_shape(session, "firebox", "tiny-2")
         assert shape is not None
         assert [v.version for v in shape_repository.versions(session, shape.pk)] == [1]
+
+
+def test_preload_survives_another_replica_writing_the_shape_first(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shapes = services.deployments.shapes
+    real_write = shapes._write
+    raced: list[str] = []
+
+    def racing(session: Any, account_id: str, shape_id: str, spec: Any, **kw: Any) -> Any:
+        if shape_id == "raced" and not raced:
+            raced.append(shape_id)
+            with services.db.transaction() as other:  # the replica starting beside us
+                real_write(other, account_id, shape_id, spec)
+            raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+        return real_write(session, account_id, shape_id, spec, **kw)
+
+    monkeypatch.setattr(shapes, "_write", racing)
+    file = tmp_path / "shapes.toml"
+    file.write_text('[[deployment_shapes]]\nid = "raced"\nbaseModel = "firebox-tiny"\n')
+    assert shapes.preload(file) == 2
+    assert raced == ["raced"]
+    with services.db.transaction() as session:
+        shape = shape_repository.get_shape(session, "firebox", "raced")
+        assert shape is not None and shape.latest_version == 1

@@ -214,12 +214,22 @@ class ShapeService:
                 continue
             for shape_id, spec in read_file(file):
                 try:
-                    with self._db.transaction() as session:
-                        self._write(session, PLATFORM_ACCOUNT, shape_id, spec)
+                    self._preload_one(shape_id, spec)
                 except FireboxError as exc:
                     raise ShapesFileError(f"{file}: shape {shape_id!r}: {exc.message}") from exc
                 written += 1
         return written
+
+    def _preload_one(self, shape_id: str, spec: ShapeSpec) -> None:
+        """Upsert one file entry; a replica starting beside us may insert it first: then update."""
+        for attempt in (1, 2):
+            try:
+                with self._db.transaction() as session:
+                    self._write(session, PLATFORM_ACCOUNT, shape_id, spec)
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
 
     # -- helpers ---------------------------------------------------------------
 
