@@ -45,8 +45,11 @@ def test_one_application_per_deployment_with_its_gpus_and_accelerator_type() -> 
     assert app["args"]["deployment"] == "accounts/acme/deployments/d1"
     assert app["args"]["revision"] == 7
     assert app["args"]["weights"] == "/srv/models/firebox-tiny"
-    assert app["args"]["addons"] == [{"name": TINY_LORA, "path": "/srv/models/firebox-tiny-lora"}]
     (deployment,) = app["deployments"]
+    assert deployment["user_config"] == {
+        "addons": [{"name": TINY_LORA, "path": "/srv/models/firebox-tiny-lora"}]
+    }
+    assert "addons" not in app["args"]  # a new add-on never rebuilds the application
     assert deployment["ray_actor_options"] == {
         "num_cpus": 0.0,
         "num_gpus": 2,

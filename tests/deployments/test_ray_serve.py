@@ -16,7 +16,7 @@ import pytest
 from firebox.deployments.drivers.base import DeploymentObservation, ReplicaState
 from firebox.deployments.drivers.ray_rest import RayDashboard
 from firebox.deployments.drivers.ray_serve import RayServeDriver
-from firebox.errors import ServiceUnavailable
+from firebox.errors import InvalidArgument, ServiceUnavailable
 from firebox.inference.engine import GenerationRequest, SamplingParams, TextDelta
 
 from ..support.ray_cluster import RayCluster
@@ -59,6 +59,17 @@ def ready(seen: Seen, name: str) -> list[str]:
     return [r.replica_id for r in replicas if r.state is ReplicaState.READY]
 
 
+async def until_answer(driver: RayServeDriver, name: str, request: GenerationRequest) -> str:
+    """An answer once the replica has the add-on (Serve reconfigures replicas shortly after)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            return await answer(driver, name, request)
+        except InvalidArgument:
+            assert time.monotonic() < deadline, "the add-on never reached the replica"
+            await asyncio.sleep(0.2)
+
+
 def chat(adapter: str | None = None, max_tokens: int = 4) -> GenerationRequest:
     return GenerationRequest(
         request_id=uuid.uuid4().hex,
@@ -78,18 +89,23 @@ async def answer(driver: RayServeDriver, name: str, request: GenerationRequest) 
 async def test_a_restarted_gateway_adopts_what_runs_and_serves_queue_is_bounded(
     ray_cluster: RayCluster,
 ) -> None:
-    t = target(f"r{uuid.uuid4().hex[:8]}", fixed_replicas=1, addons=(tiny_lora(),))
+    plain = target(f"r{uuid.uuid4().hex[:8]}", fixed_replicas=1)
+    t = dataclasses.replace(plain, addons=(tiny_lora(),))
     # One request at a time per replica and one queued per proxy: Serve's bounded queue.
     bounded = {"max_ongoing_requests": 1, "max_queued_requests": 1}
     async with driver_for(ray_cluster, **bounded) as first:
-        await first.apply([t])
+        await first.apply([plain])
         seen = await until(first, lambda s: len(ready(s, t.name)) == 1, "the replica")
         (replica_id,) = ready(seen, t.name)
         first_ready = seen[t.name].replicas[0].ready_since
         assert first_ready is not None
         base = await answer(first, t.name, chat())
-        addon = await answer(first, t.name, chat(adapter=TINY_LORA))
+        with pytest.raises(InvalidArgument):  # not placed on it yet
+            await answer(first, t.name, chat(adapter=TINY_LORA))
+        await first.apply([t])  # the add-on is loaded onto the running replica
+        addon = await until_answer(first, t.name, chat(adapter=TINY_LORA))
         assert base and addon and addon != base  # the add-on runs on the deployment's replica
+        assert ready(await first.observe(), t.name) == [replica_id]  # no restart for it
     # The gateway is gone; Serve keeps the replica. A new one sees it as it is.
     async with driver_for(ray_cluster, **bounded) as second:
         seen = await second.observe()

@@ -88,7 +88,8 @@ def test_requests_reach_the_deployment_by_all_three_names(
     until(lambda: state_of(services, pk, "READY"), "READY")
     until(lambda: deployed in controller.routes.deployed, "the add-on placed")
 
-    for model in (NAME, f"{TINY}#{NAME}", f"firebox-tiny#{NAME}", deployed, f"{TINY_LORA}#{NAME}"):
+    for model in (NAME, f"{TINY}#{NAME}", f"firebox-tiny#{NAME}", "firebox-tiny#d1", deployed,
+                  f"{TINY_LORA}#{NAME}"):  # fmt: skip
         answer = chat(client, acme, model)
         assert answer.status_code == 200, (model, answer.text)
         assert answer.json()["usage"]["completion_tokens"] > 0
@@ -102,6 +103,14 @@ def test_requests_reach_the_deployment_by_all_three_names(
             select(UsageRecordRow).where(UsageRecordRow.deployment == NAME)
         ).all()
         assert rows and all(r.amount_micros == 0 for r in rows if r.kind == "chat")
+
+    # Deployment traffic is never rate-limited (SPEC §5); serverless traffic is.
+    limited = client.patch(
+        "/v1/accounts/acme", json={"rateLimitRequestsPerMinute": 1}, headers=operator_headers
+    )
+    assert limited.status_code == 200, limited.text
+    assert [chat(client, acme, NAME).status_code for _ in range(3)] == [200, 200, 200]
+    assert 429 in [chat(client, acme, TINY).status_code for _ in range(3)]
 
     # Another account's deployment is a 404; a model not on the deployment a 400.
     create_account(client, operator_headers, "other")

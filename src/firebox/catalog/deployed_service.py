@@ -449,13 +449,19 @@ def _check_public(public: bool | None, account_id: str, addon: ModelRow) -> None
 
 def _refuse_deployment(deployment: str | None, replace_merged_addon: bool) -> None:
     """Without the deployments slice, add-ons are served serverless only."""
-    if deployment or replace_merged_addon:
-        param = "deployment" if deployment else "replaceMergedAddon"
+    if replace_merged_addon and not deployment:
         raise InvalidArgument(
-            "Firebox serves LoRA add-ons serverless: on-demand deployments are not offered "
-            "yet. Omit deployment (and replaceMergedAddon) to load the add-on serverless.",
+            "replaceMergedAddon is not supported: Firebox never merges an add-on into its "
+            "base. Omit it.",
+            code="replace_merged_addon_not_supported",
+            param="replaceMergedAddon",
+        )
+    if deployment:
+        raise InvalidArgument(
+            "This process serves LoRA add-ons serverless only. Omit deployment to load the "
+            "add-on serverless.",
             code="deployment_not_supported",
-            param=param,
+            param="deployment",
         )
 
 

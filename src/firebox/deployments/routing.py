@@ -3,8 +3,8 @@
 Three forms address an on-demand deployment (SPEC; the Fireworks wire):
 
 - ``accounts/{a}/deployments/{d}``: its base model;
-- ``<model>#accounts/{a}/deployments/{d}`` (legacy): the base model, or an
-  add-on placed on the deployment, by name;
+- ``<model>#accounts/{a}/deployments/{d}`` (legacy; ``<model>#{d}`` for the
+  caller's own): the base model, or an add-on placed on the deployment;
 - ``accounts/{a}/deployedModels/{id}``: an add-on placed on a deployment.
 
 Another account's deployment is the same 404 as a missing one. Lookups are
@@ -65,6 +65,8 @@ class DeploymentRouting:
                     )
                 deployment, addon = routes.deployed[name]
                 return addon, deployment, routes.targets[deployment].max_context_length
+        if model_part and "/" not in deployment_part:  # model#<id>: the caller's deployment
+            deployment_part = f"accounts/{account_id}/deployments/{deployment_part}"
         match = _DEPLOYMENT.match(deployment_part)
         if match is None:
             raise InvalidArgument(

@@ -1,11 +1,13 @@
 """The Serve application a deployment's replicas run (imported on Ray nodes only).
 
 ``build(args)`` is the ``import_path`` of every application ``ray_config``
-writes; ``args`` are that module's: the base model's weights, the add-ons
-placed on the deployment, the engine (Firebox's local engine, or vLLM where it
-is installed on the GPU nodes). A replica loads the engine in its constructor,
-so Serve reports it ``RUNNING`` (and the gateway bills it) only once it can
-serve. Requests are answered by ``ReplicaServer`` (the OpenAI API).
+writes; ``args`` are that module's: the base model's weights and the engine
+(Firebox's local engine, or vLLM where it is installed on the GPU nodes). The
+add-ons placed on the deployment come as Serve's ``user_config``, through
+``reconfigure``, so loading one never restarts a replica. A replica loads
+the engine in its constructor, so Serve reports it ``RUNNING`` (and the
+gateway bills it) only once it can serve. Requests are answered by
+``ReplicaServer`` (the OpenAI API).
 
 The gateway never imports this module: it only talks to the Ray dashboard and
 the Serve proxy over HTTP.
@@ -47,8 +49,6 @@ def _local_engine(args: dict[str, Any]) -> TextEngine:
         num_threads=int(threads) if threads else None,
         eos_token_ids=() if args.get("ignore_eos") else None,
     )
-    for addon in args.get("addons") or ():
-        engine.register_adapter(str(addon["name"]), str(addon["path"]))
     return engine
 
 
@@ -74,11 +74,9 @@ def _vllm_engine(args: dict[str, Any]) -> tuple[TextEngine, subprocess.Popen[byt
     ]
     if args.get("max_context_length"):
         command += ["--max-model-len", str(int(args["max_context_length"]))]
-    addons = args.get("addons") or ()
-    if addons:
-        command += ["--enable-lora", "--lora-modules"]
-        command += [f"{addon['name']}={addon['path']}" for addon in addons]
-    process = subprocess.Popen(command)
+    command += ["--enable-lora"]  # add-ons arrive at run time (``reconfigure``)
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    process = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + VLLM_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -105,15 +103,29 @@ class FireboxReplica:
             engine, self._process = _vllm_engine(args)
         else:
             engine = _local_engine(args)
-        addons = {str(addon["name"]) for addon in args.get("addons") or ()}
         self._server = ReplicaServer(
             engine,
             str(args["model"]),
-            addons,
+            set(),
             token_interval_s=float(args.get("token_interval_s") or 0.0),
             aliases=frozenset({str(args["deployment"])}),
         )
         log.info("replica of %s ready (revision %s)", args["deployment"], args.get("revision"))
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """The add-ons placed on the deployment (Serve's user_config), at start and on change."""
+        wanted = {str(addon["name"]): str(addon["path"]) for addon in config.get("addons") or ()}
+        engine = self._server.engine
+        for name, path in wanted.items():
+            if name in self._server.addons:
+                continue
+            register = getattr(engine, "register_adapter", None)
+            if register is not None:  # Firebox's engine: reads the folder, loads on first use
+                register(name, path)
+            else:  # vLLM: its runtime LoRA API
+                await engine.load_adapter(name, path)  # type: ignore[attr-defined]
+        self._server.addons = set(wanted)
+        log.info("add-ons on this replica: %s", sorted(wanted) or "none")
 
     async def __call__(self, request: Request) -> Response:
         return await self._server.handle(request)

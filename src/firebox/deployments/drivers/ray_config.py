@@ -21,7 +21,8 @@ Each application:
 - carries the deployment's resource name and revision in its ``args``: the
   driver reads them back from ``GET /api/serve/applications/`` (no state of
   its own to lose on a restart), and a new revision makes Serve roll the
-  replicas.
+  replicas; the add-ons placed on it are the deployment's ``user_config``,
+  which Serve gives the running replicas without restarting them.
 
 Scaling: ``fixed_replicas`` (an explicit ``:scale``) is ``num_replicas``
 without autoscaling; ``fixed_replicas == 0`` (scaled to zero by its owner, or
@@ -165,7 +166,6 @@ def application(target: DeploymentTarget, options: RayServeOptions) -> dict[str,
         "model": target.base_model.name,
         "weights": weights_source(target.base_model, options.models_dir),
         "engine": options.engine,
-        "addons": addons,
         "max_context_length": target.max_context_length,
         "accelerator_count": target.accelerator_count,
         "engine_threads": options.engine_threads,
@@ -184,6 +184,9 @@ def application(target: DeploymentTarget, options: RayServeOptions) -> dict[str,
         "backpressure_config": {"status_code": 429, "retry_after_s": options.retry_after_s},
         "health_check_period_s": options.health_check_period_s,
         "ray_actor_options": actor_options,
+        # Add-ons change without restarting replicas: Serve hands a new user_config to
+        # the running replicas' ``reconfigure`` (a lightweight update, no cold start).
+        "user_config": {"addons": addons},
     }
     if target.fixed_replicas is not None:
         deployment["num_replicas"] = target.fixed_replicas
