@@ -32,7 +32,8 @@ from tests.support.api import bearer, create_account, member_key
 
 from .ray_fixtures import ray_cluster, ray_serve_driver_factory  # noqa: F401  (fixtures)
 
-DRIVERS = ["local", "ray_serve"]
+# A real Ray cluster and replicas that load torch: slow (CI runs it; `make test-fast` skips it).
+DRIVERS = ["local", pytest.param("ray_serve", marks=pytest.mark.slow)]
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from firebox.clock import FakeClock
 from firebox.services import Services
 from tests.deployments.conftest import LORA, TINY, Member
 from tests.support.api import ok
@@ -288,7 +290,7 @@ def test_suspension_runs_at_zero_and_restores(
 
 
 def test_observations_write_state_and_events(
-    client: TestClient, services: Services, dev: Member
+    client: TestClient, services: Services, dev: Member, clock: FakeClock
 ) -> None:
     from firebox.deployments.control import Observed
     from firebox.deployments.models import DeploymentState
@@ -300,9 +302,36 @@ def test_observations_write_state_and_events(
     got = ok(client.get(f"{dev.base}/o", headers=dev.headers))
     assert (got["state"], got["replicaCount"]) == ("READY", 1)
     assert got["recentEvents"][0]["detail"] == "CREATING -> READY"
+    renamed = ok(client.patch(f"{dev.base}/o", json={"displayName": "n"}, headers=dev.headers))
+    assert renamed["state"] == "READY"  # names only: replicas stay as they are
+    rolled = ok(client.patch(f"{dev.base}/o", json={"precision": "FP8"}, headers=dev.headers))
+    assert rolled["state"] == "UPDATING"
+    assert services.deployments.control.live()[0].revision == 2
     ok(client.delete(f"{dev.base}/o", headers=dev.headers))
     assert services.deployments.control.deleting()[0].pk == row.pk
     services.deployments.control.record(row.pk, Observed())
     shown = ok(client.get(f"{dev.base}?showDeleted=true", headers=dev.headers))
     assert shown["deployments"][0]["state"] == "DELETED"
     assert services.deployments.control.live() == []
+    assert services.deployments.control.purge_expired() == 0  # kept until its purge time
+    clock.advance(timedelta(days=8))
+    assert services.deployments.control.purge_expired() == 1
+    assert ok(client.get(f"{dev.base}?showDeleted=true", headers=dev.headers))["deployments"] == []
+
+
+def test_created_or_undeleted_while_suspended_starts_at_zero(
+    client: TestClient, services: Services, dev: Member, operator_headers: dict[str, str]
+) -> None:
+    ok(_create(client, dev, "old", minReplicaCount=1))
+    ok(client.delete(f"{dev.base}/old", headers=dev.headers))
+    block = f"/v1/accounts/{dev.account}:block"
+    ok(client.post(block, json={"reason": "abuse"}, headers=operator_headers))
+    made = ok(_create(client, dev, "late", minReplicaCount=1))
+    assert (made["suspended"], made["desiredReplicaCount"]) == (True, 0)
+    back = ok(client.post(f"{dev.base}/old:undelete", json={}, headers=dev.headers))
+    assert (back["suspended"], back["desiredReplicaCount"]) == (True, 0)
+    ok(client.post(f"/v1/accounts/{dev.account}:unblock", headers=operator_headers))
+    assert services.deployments.control.restore_account(dev.account) == 2  # what the hook does
+    for name in ("late", "old"):
+        got = ok(client.get(f"{dev.base}/{name}", headers=dev.headers))
+        assert (got["suspended"], got["desiredReplicaCount"]) == (False, 1), name

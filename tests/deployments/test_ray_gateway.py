@@ -24,6 +24,8 @@ from .support import TINY, TINY_LORA, insert_deployment, read_deployment, until
 
 NAME = "accounts/acme/deployments/ray1"
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def settings(settings: Settings, ray_cluster: RayCluster) -> Settings:

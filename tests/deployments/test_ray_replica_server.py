@@ -40,6 +40,7 @@ pytestmark = pytest.mark.anyio
 
 MODEL = "accounts/firebox/models/firebox-tiny"
 ADDON = "accounts/acme/models/shouty"
+DEPLOYMENT = "accounts/acme/deployments/d1"
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ class WordEngine:
 def replica() -> Iterator[tuple[str, WordEngine]]:
     """A ``ReplicaServer`` under ``/acme/d1`` (a Serve route prefix) on a free port."""
     engine = WordEngine()
-    server = ReplicaServer(engine, MODEL, {ADDON})
+    server = ReplicaServer(engine, MODEL, {ADDON}, aliases=frozenset({DEPLOYMENT}))
 
     async def handle(request: Request) -> Response:
         if request.url.path.startswith("/gone"):  # what the Serve proxy says of an unknown route
@@ -152,6 +153,22 @@ async def test_chat_through_the_replica_streaming_or_not(
         assert word_engine.requests[-1].adapter is None
         assert word_engine.requests[-1].stream is stream
         assert engine.in_flight == 0
+    finally:
+        await engine.close()
+
+
+async def test_the_deployment_name_is_the_base_model(replica: tuple[str, WordEngine]) -> None:
+    url, word_engine = replica
+    engine = DeploymentEngine(
+        DEPLOYMENT,
+        UpstreamEngine([f"{url}/v1"], DEPLOYMENT),
+        max_in_flight=4,
+        retry_after_s=1,
+        blocked=lambda: None,
+    )
+    try:
+        text, _ = await text_of(engine, request(stream=False))
+        assert text == "w0 w1 w2 " and word_engine.requests[-1].adapter is None
     finally:
         await engine.close()
 

@@ -23,7 +23,7 @@ from ..support.ray_cluster import RayCluster
 from .ray_fixtures import ray_options
 from .support import TINY, TINY_LORA, target, tiny_lora
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 DEADLINE_S = 180.0
 Seen = Mapping[str, DeploymentObservation]

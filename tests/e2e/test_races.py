@@ -373,6 +373,99 @@ def case_unblock(http: httpx.Client, tag: str) -> Burst:
     return Burst(same(N, "POST", f"/v1/accounts/{a}:unblock"), {200})
 
 
+def _deployment(http: httpx.Client, a: str, dep: str, **body: Any) -> str:
+    path = f"/v1/accounts/{a}/deployments"
+    ok(http.post(f"{path}?deploymentId={dep}", json={"baseModel": BASE, **body}, headers=OPERATOR))
+    return f"{path}/{dep}"
+
+
+def case_create_same_deployment(http: httpx.Client, tag: str) -> Burst:
+    a = account(http, f"cd-{tag}")
+    path = f"/v1/accounts/{a}/deployments?deploymentId=web"
+    return Burst(same(N, "POST", path, {"baseModel": BASE}), {200, 409}, one_winner())
+
+
+def case_deployments_race_for_the_last_gpus(http: httpx.Client, tag: str) -> Burst:
+    """Issue 16: distinct creates against an 8-GPU quota, 2 GPUs each (four fit)."""
+    a = account(http, f"cg-{tag}", plan="DEVELOPER")
+    shots = [
+        Shot(
+            "POST",
+            f"/v1/accounts/{a}/deployments?deploymentId=d{i}",
+            OPERATOR,
+            {"baseModel": BASE, "acceleratorCount": 2},
+        )
+        for i in range(N)
+    ]
+    return Burst(shots, {200, 400}, lambda rs: _exactly(rs, 200, 4))
+
+
+def _exactly(responses: list[httpx.Response], code: int, n: int) -> None:
+    assert statuses(responses)[code] == n, statuses(responses)
+
+
+def case_scale_deployment(http: httpx.Client, tag: str) -> Burst:
+    a = account(http, f"sd-{tag}")
+    path = _deployment(http, a, "web") + ":scale"
+    shots = [Shot("PATCH", path, OPERATOR, {"replicaCount": i * 2}) for i in range(N)]
+    return Burst(shots, {200, 400})  # 8 and more GPUs: over the quota
+
+
+def case_edit_and_delete_deployment(http: httpx.Client, tag: str) -> Burst:
+    a = account(http, f"ed-{tag}")
+    path = _deployment(http, a, "web")
+    shots = [
+        Shot("DELETE", path, OPERATOR)
+        if i % 2
+        else Shot("PATCH", path, OPERATOR, {"maxReplicaCount": i + 1})
+        for i in range(N)
+    ]
+    return Burst(shots, {200, 400, 404})
+
+
+def case_delete_deployment(http: httpx.Client, tag: str) -> Burst:
+    a = account(http, f"dd-{tag}")
+    path = _deployment(http, a, "web", maxReplicaCount=2)
+    return Burst(same(N, "DELETE", path), {200, 404}, one_winner())
+
+
+def case_undelete_deployment(http: httpx.Client, tag: str) -> Burst:
+    a = account(http, f"ud-{tag}")
+    path = _deployment(http, a, "web", maxReplicaCount=2)
+    ok(http.delete(path, headers=OPERATOR))
+    return Burst(same(N, "POST", f"{path}:undelete", {}), {200, 400}, one_winner())
+
+
+def case_write_shape(http: httpx.Client, tag: str) -> Burst:
+    path = f"/v1/accounts/firebox/deploymentShapes?deploymentShapeId=s-{tag.lower()[:40]}"
+    body = {"baseModel": BASE, "acceleratorCount": 2}
+    return Burst(same(N, "POST", path, body), {200, 409}, one_winner())
+
+
+def case_patch_and_delete_shape(http: httpx.Client, tag: str) -> Burst:
+    shape = f"p-{tag.lower()[:40]}"
+    ok(
+        http.post(
+            f"/v1/accounts/firebox/deploymentShapes?deploymentShapeId={shape}",
+            json={"baseModel": BASE},
+            headers=OPERATOR,
+        )
+    )
+    path = f"/v1/accounts/firebox/deploymentShapes/{shape}"
+    shots = [
+        Shot("DELETE", path, OPERATOR)
+        if i % 2
+        else Shot("PATCH", path, OPERATOR, {"acceleratorCount": i + 1})
+        for i in range(N)
+    ]
+    return Burst(shots, {200, 404})
+
+
+def case_match_shapes(http: httpx.Client, tag: str) -> Burst:
+    body = {"createDeploymentRequest": {"deployment": {"baseModel": BASE}}}
+    return Burst(same(N, "POST", "/v1/accounts/firebox/deploymentShapeVersions:match", body), {200})
+
+
 CASES: dict[str, Callable[[httpx.Client, str], Burst]] = {
     name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")
 }
@@ -422,6 +515,15 @@ MUTATING_ROUTES = {
     ("PATCH", "/v1/accounts/{account}/limits"): "first_limits_write",
     ("POST", "/v1/accounts/{account}:block"): "block",
     ("POST", "/v1/accounts/{account}:unblock"): "unblock",
+    ("POST", "/v1/accounts/{account}/deployments"): "deployments_race_for_the_last_gpus",
+    ("PATCH", "/v1/accounts/{account}/deployments/{deployment}"): "edit_and_delete_deployment",
+    ("DELETE", "/v1/accounts/{account}/deployments/{deployment}"): "delete_deployment",
+    ("PATCH", "/v1/accounts/{account}/deployments/{deployment}:scale"): "scale_deployment",
+    ("POST", "/v1/accounts/{account}/deployments/{deployment}:undelete"): "undelete_deployment",
+    ("POST", "/v1/accounts/{account}/deploymentShapes"): "write_shape",
+    ("PATCH", "/v1/accounts/{account}/deploymentShapes/{shape}"): "patch_and_delete_shape",
+    ("DELETE", "/v1/accounts/{account}/deploymentShapes/{shape}"): "patch_and_delete_shape",
+    ("POST", "/v1/accounts/{account}/deploymentShapeVersions:match"): "match_shapes",
 }
 
 

@@ -21,11 +21,14 @@ from sqlalchemy import func, select
 from firebox.accounts.models import AccountRow, UserRow
 from firebox.billing.models import BillingAccountRow, CreditEntryRow, CreditGrantRow
 from firebox.catalog.deployed_models import DeployedModelRow
+from firebox.deployments.models import DeploymentRow
 from firebox.limits.models import QuotaRow
 from firebox.store.database import Database
 
 # Quotas whose usage counts rows: (quota id, the table of the held units).
 COUNTED_QUOTAS = {"deployed-models": DeployedModelRow}
+# Quotas whose usage is the accelerators deployments hold (``deployments.quota_units``).
+ACCELERATOR_QUOTAS = ("a100-gpus", "h100-gpus")
 
 
 @dataclass(frozen=True)
@@ -109,17 +112,24 @@ def violations(db: Database, before: Snapshot | None = None) -> list[str]:
                     select(table.account_id, func.count()).group_by(table.account_id)
                 ).all()
             )
-            usage = dict(
-                session.execute(
-                    select(QuotaRow.account_id, QuotaRow.usage).where(QuotaRow.quota_id == quota_id)
-                ).all()
-            )
-            for account in set(held) | set(usage):
-                if held.get(account, 0) != usage.get(account, 0):
-                    found.append(
-                        f"{account}: quota {quota_id} usage {usage.get(account, 0)} but "
-                        f"{held.get(account, 0)} held"
-                    )
+            # A deployment holds one deployed-models unit and its accelerators.
+            for account_id, units in session.execute(
+                select(DeploymentRow.account_id, func.sum(DeploymentRow.model_units)).group_by(
+                    DeploymentRow.account_id
+                )
+            ):
+                held[account_id] = held.get(account_id, 0) + int(units or 0)
+            _check_usage(session, quota_id, held, found)
+        for quota_id in ACCELERATOR_QUOTAS:
+            held = {
+                account_id: int(units or 0)
+                for account_id, units in session.execute(
+                    select(DeploymentRow.account_id, func.sum(DeploymentRow.quota_units))
+                    .where(DeploymentRow.quota_id == quota_id)
+                    .group_by(DeploymentRow.account_id)
+                )
+            }
+            _check_usage(session, quota_id, held, found)
         # 2. Plan limits hold: a Developer account has at most one user.
         users = dict(
             session.execute(
@@ -164,3 +174,17 @@ def violations(db: Database, before: Snapshot | None = None) -> list[str]:
                     f"grant {grant_id}: remaining {remaining} but ledger {per_grant.get(grant_id)}"
                 )
     return found
+
+
+def _check_usage(session: Any, quota_id: str, held: dict[str, int], found: list[str]) -> None:
+    usage = dict(
+        session.execute(
+            select(QuotaRow.account_id, QuotaRow.usage).where(QuotaRow.quota_id == quota_id)
+        ).all()
+    )
+    for account in set(held) | set(usage):
+        if held.get(account, 0) != usage.get(account, 0):
+            found.append(
+                f"{account}: quota {quota_id} usage {usage.get(account, 0)} but "
+                f"{held.get(account, 0)} held"
+            )

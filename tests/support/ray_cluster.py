@@ -37,6 +37,16 @@ import firebox
 
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
+# Runs ``ray start`` after asking Linux for a SIGTERM when the test process dies without
+# tearing down (killed): ``ray start --block`` then stops every process it started.
+_STOP_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
 
 # What the tests' cluster offers: 8 "GPUs", usable as A100 and as H100.
 DEFAULT_RESOURCES = {"accelerator_type:A100": 8, "accelerator_type:H100": 8}
@@ -175,7 +185,11 @@ def start_ray_cluster(
     log_path = (log_dir or Path(temp_dir)) / "ray-start.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, env=child_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "-c", _STOP_WITH_PARENT, *command],
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # one session id for all of Ray's processes
         )
     cluster = RayCluster(
         process, f"http://127.0.0.1:{dashboard_port}", free_port(), temp_dir, log_path

@@ -22,6 +22,7 @@ class Verbs:
     update: typer.Typer
     delete: typer.Typer
     list: typer.Typer
+    scale: typer.Typer
 
     @classmethod
     def build(cls) -> Verbs:
@@ -34,6 +35,7 @@ class Verbs:
             update=group("Change fields of a resource."),
             delete=group("Delete a resource."),
             list=group("List resources (every page)."),
+            scale=group("Set a resource's replica count."),
         )
 
     def attach(self, root: typer.Typer) -> None:

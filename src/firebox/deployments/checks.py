@@ -23,8 +23,12 @@ _ID_CHARS = string.ascii_lowercase + string.digits
 _NO_RETRY = {"x-should-retry": "false"}
 
 
-def plan(session: Session, account_id: str) -> Plan:
-    account = accounts_repo.get_account(session, account_id)
+def plan(session: Session, account_id: str, *, lock: bool = False) -> Plan:
+    """The account's plan (a 404 if none); ``lock`` holds the account row (see suspension.py)."""
+    if lock:
+        account = accounts_repo.account_for_update(session, account_id)
+    else:
+        account = accounts_repo.get_account(session, account_id)
     if account is None:
         raise NotFound(f"Account {account_id!r} was not found.", code="account_not_found")
     return Plan(account.plan)

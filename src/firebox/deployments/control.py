@@ -133,6 +133,12 @@ class DeploymentControl:
             self._changed()
         return changed
 
+    def purge_expired(self) -> int:
+        """Remove deleted deployments past their ``purgeTime`` (already ``DELETED``); how many."""
+        with self._db.transaction() as session:
+            rows = repo.expired(session, self._clock.now())
+            return sum(repo.purge(session, row.pk) for row in rows)
+
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()

@@ -167,8 +167,8 @@ def _shape_routes(router: APIRouter) -> None:
         body: ShapeSpec,
         shape_id: Annotated[str, Query(alias="deploymentShapeId", max_length=63)],
     ) -> DeploymentShape:
-        """Operator only: a new shape (or a new version of an existing one)."""
-        return _shapes(request).upsert(principal, account, shape_id, body)
+        """Operator only: a new shape."""
+        return _shapes(request).create(principal, account, shape_id, body)
 
     @router.get("/deploymentShapes/{shape}", response_model=DeploymentShape, **_DUMP)
     def get_shape(
@@ -181,7 +181,7 @@ def _shape_routes(router: APIRouter) -> None:
         request: Request, principal: CurrentPrincipal, account: str, shape: str, body: ShapeSpec
     ) -> DeploymentShape:
         """Operator only: a new version with the fields given over the latest."""
-        return _shapes(request).upsert(principal, account, shape, body)
+        return _shapes(request).update(principal, account, shape, body)
 
     @router.delete("/deploymentShapes/{shape}")
     def delete_shape(

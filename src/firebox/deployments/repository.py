@@ -38,6 +38,16 @@ def deleting(session: Session) -> Sequence[DeploymentRow]:
     return session.scalars(query).all()
 
 
+def expired(session: Session, now: datetime) -> Sequence[DeploymentRow]:
+    """Deleted deployments past their purge time whose replicas are gone (state DELETED)."""
+    query = select(DeploymentRow).where(
+        DeploymentRow.purge_time.is_not(None),
+        DeploymentRow.purge_time <= now,
+        DeploymentRow.state == "DELETED",
+    )
+    return session.scalars(query).all()
+
+
 def live_of_account(session: Session, account_id: str) -> Sequence[DeploymentRow]:
     """The account's deployments not deleted, oldest first."""
     query = (

@@ -71,7 +71,7 @@ class DeploymentSpec(LenientRequest):
 
 
 class ScaleRequest(LenientRequest):
-    replica_count: Count
+    replica_count: Count = 0  # proto3: an absent count is zero ("scale to zero")
 
 
 class UndeleteRequest(LenientRequest):

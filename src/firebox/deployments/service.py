@@ -37,6 +37,7 @@ from firebox.deployments.models import DeploymentRow, DeploymentState, deploymen
 from firebox.deployments.quota import QuotaClaims, hold, release_all
 from firebox.deployments.schemas import Deployment, DeploymentList, DeploymentSpec
 from firebox.deployments.shapes import ShapeService
+from firebox.deployments.suspension import account_suspended
 from firebox.deployments.views import record, view
 from firebox.errors import FailedPrecondition
 from firebox.paging import encode_token, page_size
@@ -92,7 +93,7 @@ class DeploymentService:
             validate_id(wanted, "deployment", "deploymentId")
         try:
             with self._db.transaction() as session:
-                plan = checks.plan(session, account_id)
+                plan = checks.plan(session, account_id, lock=True)
                 shape = None
                 if body.deployment_shape and body.deployment_shape != "default":
                     shape = self._shapes.resolve(session, account_id, body.deployment_shape)
@@ -125,6 +126,10 @@ class DeploymentService:
                     update_time=now,
                 )
                 specs.write_row(row, spec)
+                if account_suspended(session, account_id, now):
+                    row.suspended = True  # no hook fires for it: it starts at zero
+                    row.suspended_replicas = spec.min_replica_count
+                    row.desired_replica_count = 0
                 hold(self.quotas, session, row, spec)
                 session.add(row)
                 session.flush()
@@ -279,7 +284,7 @@ class DeploymentService:
         principal.require(account_id, Permission.RESOURCES_WRITE)
         short = checks.short_id(account_id, deployment_id)
         with self._db.transaction() as session:
-            plan = checks.plan(session, account_id)
+            plan = checks.plan(session, account_id, lock=True)
             row = self._found(session, account_id, short, lock=True, deleted_too=True)
             if row.delete_time is None:
                 raise FailedPrecondition(
@@ -295,13 +300,10 @@ class DeploymentService:
             row.state = DeploymentState.CREATING.value
             row.status_code, row.status_message = "OK", ""
             row.revision += 1
-            row.desired_replica_count = (
-                0
-                if row.suspended
-                else (
-                    row.fixed_replicas if row.fixed_replicas is not None else row.min_replica_count
-                )
-            )
+            wanted = row.fixed_replicas if row.fixed_replicas is not None else row.min_replica_count
+            row.suspended = account_suspended(session, account_id, now)  # as the account is now
+            row.suspended_replicas = wanted if row.suspended else None
+            row.desired_replica_count = 0 if row.suspended else wanted
             row.update_time = now
             repo.add_event(session, row.pk, now, "UNDELETE", f"revision {row.revision}")
             answer = view(row)

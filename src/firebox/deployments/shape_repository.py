@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from firebox.deployments.models import DeploymentShapeRow, DeploymentShapeVersionRow
@@ -64,3 +64,12 @@ def versions(session: Session, shape_pk: int) -> Sequence[DeploymentShapeVersion
         .order_by(DeploymentShapeVersionRow.version)
     )
     return session.scalars(query).all()
+
+
+def remove_shape(session: Session, pk: int) -> bool:
+    """Delete the shape and its versions; True for the one transaction that removed it."""
+    session.execute(
+        delete(DeploymentShapeVersionRow).where(DeploymentShapeVersionRow.shape_pk == pk)
+    )
+    result = session.execute(delete(DeploymentShapeRow).where(DeploymentShapeRow.pk == pk))
+    return bool(getattr(result, "rowcount", 0) == 1)

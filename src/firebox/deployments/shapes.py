@@ -8,7 +8,8 @@ deployment created from a shape stores the version's name
 (``…/deploymentShapes/s/versions/2``) and takes from its snapshot what the
 create body leaves out.
 
-The operator writes shapes through the API (``POST``/``PATCH``/``DELETE``,
+The operator writes shapes through the API (``POST`` a new one, ``PATCH`` a
+new version, ``DELETE``;
 operator key) or a shapes file (``FIREBOX_DEPLOYMENT_SHAPES_FILE``, TOML
 ``[[deployment_shapes]]`` tables, loaded at start; see docs/api.md).
 ``deploymentShapeVersions:match`` answers the latest version of every shape
@@ -18,12 +19,11 @@ the account may deploy for a model (a LoRA add-on matches its base's shapes;
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firebox.accounts import repository as accounts_repo
@@ -32,6 +32,7 @@ from firebox.accounts.ids import validate_id
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Permission
 from firebox.clock import Clock
+from firebox.deployments import checks
 from firebox.deployments import shape_repository as repo
 from firebox.deployments.accelerators import ACCELERATOR_TYPES, DEFAULT_TYPE
 from firebox.deployments.base_models import BaseModels
@@ -42,6 +43,7 @@ from firebox.deployments.models import (
     shape_version_name,
 )
 from firebox.deployments.schemas import PRECISIONS
+from firebox.deployments.shape_files import DEFAULT_SHAPES, ShapesFileError, read_file
 from firebox.deployments.shape_schemas import (
     PRESET_TYPES,
     DeploymentShape,
@@ -52,15 +54,9 @@ from firebox.deployments.shape_schemas import (
     ShapeSpec,
     snapshot_fields,
 )
-from firebox.errors import FireboxError, InvalidArgument, NotFound
-from firebox.paging import page_size
+from firebox.errors import AlreadyExists, FireboxError, InvalidArgument, NotFound
+from firebox.paging import encode_token, page_size
 from firebox.store.database import Database
-
-DEFAULT_SHAPES = Path(__file__).with_name("default_shapes.toml")
-
-
-class ShapesFileError(Exception):
-    """A shapes file cannot be loaded; the message says where and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +111,12 @@ class ShapeService:
                 if latest is None or (base is not None and latest.base_model != base):
                     continue
                 shapes.append(_shape(row, latest))
-            start = _offset(token)
+            start = checks.offset(token)
             page = shapes[start : start + limit]
             more = start + limit < len(shapes)
             return DeploymentShapeList(
                 deployment_shapes=page,
-                next_page_token=_token(start + limit) if more else "",
+                next_page_token=encode_token(f"o{start + limit}") if more else "",
                 total_size=len(shapes),
             )
 
@@ -179,22 +175,36 @@ class ShapeService:
 
     # -- writes (operator) -----------------------------------------------------
 
-    def upsert(
+    def create(
         self, principal: Principal, account_id: str, shape_id: str, spec: ShapeSpec
     ) -> DeploymentShape:
-        """Create the shape, or append a version with ``spec``'s fields over the latest."""
+        """A new shape (version 1); a 409 if the id is taken."""
         principal.require_operator()
         validate_id(shape_id, "deployment shape", "deploymentShapeId")
+        try:
+            with self._db.transaction() as session:
+                if accounts_repo.get_account(session, account_id) is None:
+                    raise NotFound(
+                        f"Account {account_id!r} was not found.", code="account_not_found"
+                    )
+                return self._write(session, account_id, shape_id, spec, new=True)
+        except IntegrityError:  # created meanwhile by another request
+            raise _shape_exists(account_id, shape_id) from None
+
+    def update(
+        self, principal: Principal, account_id: str, shape_id: str, spec: ShapeSpec
+    ) -> DeploymentShape:
+        """A new version with ``spec``'s fields over the latest (none if nothing changes)."""
+        principal.require_operator()
         with self._db.transaction() as session:
-            if accounts_repo.get_account(session, account_id) is None:
-                raise NotFound(f"Account {account_id!r} was not found.", code="account_not_found")
-            return self._write(session, account_id, shape_id, spec)
+            return self._write(session, account_id, shape_id, spec, new=False)
 
     def delete(self, principal: Principal, account_id: str, shape_id: str) -> None:
         principal.require_operator()
         with self._db.transaction() as session:
-            row = self._found(session, account_id, shape_id, public_only=False)
-            session.delete(row)
+            row = repo.get_shape_for_update(session, account_id, shape_id)
+            if row is None or not repo.remove_shape(session, row.pk):
+                raise _shape_not_found(shape_name(account_id, shape_id))
 
     def preload(self, path: Path | None) -> int:
         """Load the bundled shapes file, then the operator's (idempotent); shapes written."""
@@ -202,22 +212,47 @@ class ShapeService:
         for file in (DEFAULT_SHAPES, path):
             if file is None:
                 continue
-            for shape_id, spec in _read_file(file):
+            for shape_id, spec in read_file(file):
                 try:
-                    with self._db.transaction() as session:
-                        self._write(session, PLATFORM_ACCOUNT, shape_id, spec)
+                    self._preload_one(shape_id, spec)
                 except FireboxError as exc:
                     raise ShapesFileError(f"{file}: shape {shape_id!r}: {exc.message}") from exc
                 written += 1
         return written
 
+    def _preload_one(self, shape_id: str, spec: ShapeSpec) -> None:
+        """Upsert one file entry; a replica starting beside us may insert it first: then update."""
+        for attempt in (1, 2):
+            try:
+                with self._db.transaction() as session:
+                    self._write(session, PLATFORM_ACCOUNT, shape_id, spec)
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+
     # -- helpers ---------------------------------------------------------------
 
     def _write(
-        self, session: Session, account_id: str, shape_id: str, spec: ShapeSpec
+        self,
+        session: Session,
+        account_id: str,
+        shape_id: str,
+        spec: ShapeSpec,
+        *,
+        new: bool | None = None,
     ) -> DeploymentShape:
+        """Upsert the shape; ``new`` True refuses an existing one, False a missing one.
+
+        The check and the write use the same locked read, so of two creates at
+        once one inserts and the other meets the unique constraint (a 409).
+        """
         now = self._clock.now()
         row = repo.get_shape_for_update(session, account_id, shape_id)
+        if new is True and row is not None:
+            raise _shape_exists(account_id, shape_id)
+        if new is False and row is None:
+            raise _shape_not_found(shape_name(account_id, shape_id))
         latest = repo.get_version(session, row.pk, row.latest_version) if row else None
         before = dict(latest.snapshot) if latest else {}
         snapshot = self._snapshot(session, account_id, shape_id, spec, before)
@@ -347,47 +382,13 @@ def _number(text: str) -> int | None:
     return int(text) if text.isdigit() and len(text) < 10 and int(text) > 0 else None
 
 
-def _offset(token: str | None) -> int:
-    from firebox.paging import decode_token
-
-    decoded = decode_token(token)
-    if decoded is None:
-        return 0
-    if not decoded.startswith("o") or not decoded[1:].isdigit() or len(decoded) > 12:
-        raise InvalidArgument(
-            "pageToken is not a token this server issued; omit it for the first page.",
-            code="invalid_page_token",
-            param="pageToken",
-        )
-    return int(decoded[1:])
-
-
-def _token(offset: int) -> str:
-    from firebox.paging import encode_token
-
-    return encode_token(f"o{offset}")
-
-
-def _read_file(path: Path) -> list[tuple[str, ShapeSpec]]:
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ShapesFileError(f"{path}: cannot read it ({exc})") from exc
-    entries = data.get("deployment_shapes", [])
-    if not isinstance(entries, list):
-        raise ShapesFileError(f"{path}: deployment_shapes must be a list of tables")
-    out = []
-    for index, raw in enumerate(entries):
-        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
-            raise ShapesFileError(f"{path}: entry {index} needs an id")
-        fields = {k: v for k, v in raw.items() if k != "id"}
-        try:
-            spec = ShapeSpec.model_validate(fields)
-        except ValidationError as exc:
-            raise ShapesFileError(f"{path}: shape {raw['id']!r}: {exc}") from exc
-        out.append((raw["id"], spec))
-    return out
+def _shape_exists(account_id: str, shape_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"Deployment shape {shape_name(account_id, shape_id)!r} already exists; change it "
+        "with PATCH (each change is a new version).",
+        code="deployment_shape_exists",
+        headers={"x-should-retry": "false"},
+    )
 
 
 def _shape_not_found(name: str) -> NotFound:

@@ -111,6 +111,7 @@ class FireboxReplica:
             str(args["model"]),
             addons,
             token_interval_s=float(args.get("token_interval_s") or 0.0),
+            aliases=frozenset({str(args["deployment"])}),
         )
         log.info("replica of %s ready (revision %s)", args["deployment"], args.get("revision"))
 

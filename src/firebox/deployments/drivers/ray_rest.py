@@ -30,11 +30,21 @@ class RayDashboardError(ServiceUnavailable):
 class RayDashboard:
     """A keep-alive client of one Ray cluster's dashboard (``http://head:8265``)."""
 
-    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self._client = httpx.AsyncClient(
-            base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout_s)
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s),
+            transport=transport,
         )
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:

@@ -268,6 +268,9 @@ class RayServeDriver:
                 self._applied, self._applied_at = config, self._monotonic()
             self._targets = {target.name: target for target in targets}
             self._failures = failures
+            for name in [n for n, e in self._engines.items() if n not in self._targets]:
+                if self._engines[name].in_flight == 0:  # deleted: drop its connections
+                    await self._engines.pop(name).close()
 
     async def observe(self) -> Mapping[str, DeploymentObservation]:
         details = await self.dashboard.serve_details()

@@ -122,9 +122,11 @@ class ReplicaServer:
         addons: set[str] | None = None,
         *,
         token_interval_s: float = 0.0,
+        aliases: frozenset[str] = frozenset(),
     ) -> None:
         self.engine = engine
         self.model = model
+        self.aliases = aliases  # other names of the base model (the deployment's own name)
         self.addons = addons if addons is not None else set()
         self.token_interval_s = token_interval_s  # pacing of streamed deltas (demos, tests)
 
@@ -144,6 +146,8 @@ class ReplicaServer:
         try:
             body = orjson.loads(await request.body())
             generation = parse_request(kind, body, self.model)
+            if generation.adapter in self.aliases:
+                generation = replace(generation, adapter=None)
             if generation.adapter is not None and generation.adapter not in self.addons:
                 raise NotFound(
                     f"Add-on {generation.adapter!r} is not placed on this deployment.",
