@@ -331,7 +331,8 @@ def test_created_or_undeleted_while_suspended_starts_at_zero(
     back = ok(client.post(f"{dev.base}/old:undelete", json={}, headers=dev.headers))
     assert (back["suspended"], back["desiredReplicaCount"]) == (True, 0)
     ok(client.post(f"/v1/accounts/{dev.account}:unblock", headers=operator_headers))
-    assert services.deployments.control.restore_account(dev.account) == 2  # what the hook does
+    # What the runtime's suspension hook does on unblock (then this finds nothing left).
+    assert services.deployments.control.restore_account(dev.account) in (0, 2)
     for name in ("late", "old"):
         got = ok(client.get(f"{dev.base}/{name}", headers=dev.headers))
         assert (got["suspended"], got["desiredReplicaCount"]) == (False, 1), name
