@@ -77,6 +77,15 @@ def test_the_blob_store_contract(store: BlobStore) -> None:
     assert [(b.key, b.size) for b in store.list("datasets/a/1")] == [
         ("datasets/a/1/train.jsonl", 18)
     ]
+    source = store.writer("datasets/a/2/staged.jsonl", max_bytes=10)
+    source.write(b"moved")
+    source.commit()
+    store.move("datasets/a/2/staged.jsonl", "datasets/a/3/final.jsonl")
+    assert store.size("datasets/a/2/staged.jsonl") is None
+    assert store.local_path("datasets/a/3/final.jsonl").read_bytes() == b"moved"
+    with pytest.raises(FileNotFoundError):
+        store.move("datasets/a/2/staged.jsonl", "datasets/a/3/again.jsonl")
+    assert store.delete_prefix("datasets/a/3") == 1
     assert store.delete("datasets/a/2/other.jsonl") is True
     assert store.delete("datasets/a/2/other.jsonl") is False
     assert store.delete_prefix("datasets/a") == 1
