@@ -26,7 +26,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--examples", type=int, default=20_000)
     args = parser.parse_args()
-    words = "the quick brown fox jumps over the lazy dog and then some more words follow".split()
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "the",
+        "lazy",
+        "dog",
+        "and",
+        "then",
+        "some",
+        "more",
+        "words",
+        "follow",
+    ]
     lines = []
     for n in range(args.examples):
         text = " ".join(words[(n + i) % len(words)] for i in range(40))
