@@ -16,6 +16,7 @@ from pathlib import Path
 import fireworks
 import httpx
 import pytest
+import trustme
 from fireworks import Fireworks
 from fireworks.lib.dataset_upload import upload_dataset_shards
 
@@ -25,7 +26,6 @@ from tests.finetune.dataset_support import chat_line, start_tls_server
 from tests.support.api import bearer, create_account, member_key
 from tests.support.server import RunningServer
 
-trustme = pytest.importorskip("trustme")
 pytestmark = pytest.mark.slow
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
 from firebox.app import create_app
@@ -26,14 +27,13 @@ from tests.conftest import OPERATOR_KEY
 from tests.support.api import bearer, create_account, member_key
 from tests.support.server import free_port
 
-moto_server = pytest.importorskip("moto.server")
 CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
 def s3_url() -> Iterator[str]:
     port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
