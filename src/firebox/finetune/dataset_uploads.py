@@ -24,7 +24,7 @@ from firebox.accounts.roles import Permission
 from firebox.clock import Clock
 from firebox.errors import FailedPrecondition, InvalidArgument, NotFound, PayloadTooLarge
 from firebox.finetune import dataset_repository as repo
-from firebox.finetune.dataset_files import files_under
+from firebox.finetune.dataset_files import DatasetFiles, files_under
 from firebox.finetune.dataset_models import (
     DatasetRow,
     DatasetState,
@@ -32,14 +32,15 @@ from firebox.finetune.dataset_models import (
     storage_prefix,
 )
 from firebox.finetune.dataset_multipart import stream_file_part
-from firebox.finetune.dataset_schemas import Dataset, UploadedFile
-from firebox.finetune.dataset_service import DatasetService, not_found
+from firebox.finetune.dataset_schemas import Dataset, DatasetCreate, UploadedFile
+from firebox.finetune.dataset_service import DatasetService, not_found, parse_dataset_ref
 from firebox.storage.blobs import BlobWriter
 from firebox.storage.wiring import Storage
 from firebox.store.database import Database
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-SHOWN_PROBLEMS = 10  # problems an error message lists (all are on the dataset)
+SHOWN_PROBLEMS = 10
+_COPY_CHUNK = 1024 * 1024  # problems an error message lists (all are on the dataset)
 
 
 def safe_filename(name: str | None) -> str:
@@ -171,6 +172,51 @@ class DatasetUploads:
             folder = staging_prefix(row, ticket.seq)
         if unused:
             self._storage.blobs.delete_prefix(folder)
+
+    # -- a copy of another dataset -------------------------------------------------
+
+    def create(self, principal: Principal, account_id: str, body: DatasetCreate) -> Dataset:
+        """Create a dataset; with ``sourceDatasetId``, filled with that READY dataset's files."""
+        if not body.source_dataset_id:
+            return self._datasets.create(principal, account_id, body)
+        principal.require(account_id, Permission.RESOURCES_WRITE)
+        source = self._datasets.ready_dataset(  # checked before anything is created
+            account_id, parse_dataset_ref(account_id, body.source_dataset_id)
+        )
+        self._datasets.create(principal, account_id, body)
+        return self._copy(account_id, body.dataset_id, source)
+
+    def _copy(self, account_id: str, dataset_id: str, source: DatasetFiles) -> Dataset:
+        total = source.total_bytes
+        with self._db.transaction() as session:
+            repo.lock_account(session, account_id)
+            row = self._writable(session, account_id, dataset_id)
+            room = self._room(session, row)
+            if total > room:
+                raise self._over_quota(total, room)
+            row.reserved_bytes = total
+            row.upload_seq += 1
+            row.staging_seq = row.upload_seq
+            row.upload_manifest = {f.filename: f.size for f in source.files}
+            ticket = UploadTicket(key="", filename="", max_bytes=total, seq=row.upload_seq)
+            prefix = staging_prefix(row)
+        blobs = self._storage.blobs
+        try:
+            for file in source.files:
+                writer = blobs.writer(f"{prefix}/{file.filename}", max_bytes=file.size)
+                try:
+                    with blobs.open(file.key) as stream:
+                        while chunk := stream.read(_COPY_CHUNK):
+                            writer.write(chunk)
+                    writer.commit()
+                finally:
+                    writer.abort()
+            shown = self._datasets.validate_stored(account_id, dataset_id, seq=ticket.seq)
+        except BaseException:
+            self.release(account_id, dataset_id, ticket)
+            raise
+        refuse_invalid(shown)
+        return shown
 
     # -- signed URLs --------------------------------------------------------------
 
