@@ -161,10 +161,16 @@ class LocalBlobStore:
         folder = self._path(prefix)
         if not folder.is_dir():
             return []
-        found = [
-            BlobInfo(key=f"{prefix}/{p.relative_to(folder).as_posix()}", size=p.stat().st_size)
-            for p in _files(folder)
-        ]
+        found: list[BlobInfo] = []
+        try:
+            for path in _files(folder):
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    continue  # deleted while we listed
+                found.append(BlobInfo(f"{prefix}/{path.relative_to(folder).as_posix()}", size))
+        except FileNotFoundError:
+            return []  # the folder went while we listed it: nothing is there any more
         return sorted(found, key=lambda b: b.key)
 
     def delete_prefix(self, prefix: str) -> int:
