@@ -108,4 +108,7 @@ def serve(settings: Settings, announce: bool = True) -> None:
         # expiry, and a busy event loop (uvloop runs due timers before reading sockets)
         # widens that race to seconds; see settings.keep_alive_timeout_s.
         timeout_keep_alive=settings.keep_alive_timeout_s,
+        # HTTPS when configured (FIREBOX_TLS_CERTFILE / FIREBOX_TLS_KEYFILE).
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
     )

@@ -226,6 +226,13 @@ class Settings(BaseSettings):
         description="Base URL clients reach this gateway at, used in signed URLs (e.g. "
         "https://firebox.example.com); defaults to the request's own base URL.",
     )
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) to serve HTTPS with; with tls_keyfile. Signed "
+        "URLs are https when clients reach the gateway over TLS (the SDK's upload helper "
+        "requires it).",
+    )
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of tls_certfile.")
     signed_url_ttl_s: int = Field(
         default=3600, ge=60, le=7 * 24 * 3600, description="How long a signed URL is valid."
     )

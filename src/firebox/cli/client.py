@@ -8,7 +8,7 @@ becomes ``ServerUnreachable``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -113,10 +113,20 @@ class ApiClient:
         *,
         body: JSONObject | None = None,
         params: Mapping[str, str | int] | None = None,
+        content: Iterable[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> JSONObject:
-        """Send one request; return its JSON object or raise a ``CliError``."""
+        """Send one request; return its JSON object or raise a ``CliError``.
+
+        ``content`` sends a raw (streamed) body instead of ``body``'s JSON,
+        with ``headers`` (an upload); ``timeout`` overrides the default.
+        """
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
-            response = self._http.request(method, path, json=body, params=params)
+            response = self._http.request(
+                method, path, json=body, params=params, content=content, headers=headers, **extra
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ServerUnreachable(
                 f"Cannot connect to the Firebox server at {self.base_url} ({exc}). "

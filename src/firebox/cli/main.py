@@ -25,13 +25,13 @@ from rich.console import Console
 from rich.text import Text
 
 from firebox.cli.argv import hoist_global_options
-from firebox.cli.commands import accounts, api_keys, billing, limits, server, users
+from firebox.cli.commands import accounts, api_keys, billing, datasets, limits, server, users
 from firebox.cli.context import DEFAULT_BASE_URL, GlobalOptions
 from firebox.cli.errors import EXIT_CODES_HELP, CliError
 from firebox.cli.output import OutputFormat
 from firebox.cli.verbs import Verbs
 
-NOUNS = (accounts, users, api_keys, billing, limits)
+NOUNS = (accounts, users, api_keys, billing, limits, datasets)
 
 
 def root_options(

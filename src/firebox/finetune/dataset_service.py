@@ -40,6 +40,7 @@ from firebox.finetune.dataset_models import (
     storage_prefix,
 )
 from firebox.finetune.dataset_schemas import Dataset, DatasetCreate, DatasetList, DatasetSpec
+from firebox.finetune.dataset_status import declared_layout, record_report
 from firebox.finetune.dataset_tokens import TokenCounter
 from firebox.finetune.dataset_validation import Report, Validator
 from firebox.paging import decode_token, next_token, page_size
@@ -101,6 +102,9 @@ class DatasetService:
         self.blobs = blobs
         self.policy = policy
         self._counter = counter  # built on first use: loading a tokenizer takes a moment
+        # Jobs register a check here: given (account, dataset id), the name of a job that
+        # still reads the dataset, or None. Deleting a dataset in use is refused.
+        self.in_use_checks: list[Callable[[str, str], str | None]] = []
 
     # -- the read API of jobs ---------------------------------------------------
 
@@ -126,6 +130,26 @@ class DatasetService:
     def local_paths(self, dataset: DatasetFiles) -> list[Path]:
         """Local files holding the dataset's files, in order (trainers read files)."""
         return [self.blobs.local_path(f.key) for f in dataset.files]
+
+    def check_for_job(
+        self, dataset: DatasetFiles, counter: TokenCounter, max_context: int
+    ) -> Report:
+        """Validate a READY dataset again for a job: its base's tokenizer, its context length.
+
+        A job calls it before training (``dataset_tokens.counter_for(base_dir)``);
+        the report's ``token_count`` is then exact for that base, and every
+        example longer than ``max_context`` is a problem with its line.
+        """
+        validator = Validator(
+            counter,
+            layout=dataset.layout,
+            max_example_tokens=max_context,
+            max_problems=self.policy.max_problems,
+        )
+        for file in dataset.files:
+            with self.blobs.open(file.key) as stream:
+                validator.feed(file.filename, stream)
+        return validator.finish()
 
     def create_output(
         self, account_id: str, dataset_id: str, *, source_job_name: str, display_name: str = ""
@@ -252,6 +276,14 @@ class DatasetService:
     def delete(self, principal: Principal, account_id: str, dataset_id: str) -> None:
         """Delete the dataset and its files."""
         principal.require(account_id, Permission.RESOURCES_WRITE)
+        for check in self.in_use_checks:
+            user = check(account_id, dataset_id)
+            if user is not None:
+                raise FailedPrecondition(
+                    f"Dataset {dataset_name(account_id, dataset_id)!r} is used by {user}; "
+                    "delete it once that job has finished or been cancelled.",
+                    code="dataset_in_use",
+                )
         with self._db.transaction() as session:
             row = self._get_locked(session, account_id, dataset_id)
             prefix = storage_prefix(row)
@@ -267,7 +299,7 @@ class DatasetService:
             row = self._get_locked(session, account_id, dataset_id)
             if row.state == DatasetState.READY.value:
                 return Dataset.of(row)
-            layout = _declared_layout(DatasetFormat(row.format))
+            layout = declared_layout(DatasetFormat(row.format))
             manifest = dict(row.upload_manifest or {})
             prefix = storage_prefix(row)
         stored = {f.filename: f for f in files_under(prefix, self.blobs)}
@@ -290,35 +322,8 @@ class DatasetService:
         report = validator.finish()
         with self._db.transaction() as session:
             row = self._get_locked(session, account_id, dataset_id)
-            self._record(row, report, sum(f.size for f in stored.values()))
+            record_report(row, report, sum(f.size for f in stored.values()), self._clock.now())
             return Dataset.of(row)
-
-    def _record(self, row: DatasetRow, report: Report, total_bytes: int) -> None:
-        row.total_bytes = total_bytes
-        row.reserved_bytes = 0
-        row.problems = [p.as_dict() for p in report.problems]
-        row.update_time = self._clock.now()
-        if report.layout is not DatasetLayout.UNKNOWN:
-            row.layout = report.layout.value
-        if row.format == DatasetFormat.UNSPECIFIED.value:
-            row.format = _format_of(report.layout).value
-        if report.ok:
-            row.state = DatasetState.READY.value
-            row.status_code, row.status_message = "OK", ""
-            row.example_count = report.example_count
-            row.estimated_token_count = report.token_count
-            row.average_turn_count = round(report.average_turns, 3)
-            return
-        first = report.problems[0] if report.problems else None
-        more = report.problem_count - 1
-        row.state = DatasetState.UPLOADING.value
-        row.status_code = "INVALID_ARGUMENT"
-        row.status_message = (
-            f"{report.problem_count} problem(s) in the uploaded files"
-            + (f", the first: {first}" if first else "")
-            + (f" (and {more} more, listed in validationProblems)" if more > 0 else "")
-            + ". Fix the file and upload it again."
-        )
 
     # -- shared steps -------------------------------------------------------------
 
@@ -370,22 +375,6 @@ class DatasetService:
 
 def _actor(principal: Principal) -> str:
     return f"accounts/{principal.account_id}/users/{principal.user_id}"
-
-
-def _declared_layout(fmt: DatasetFormat) -> DatasetLayout:
-    if fmt is DatasetFormat.CHAT:
-        return DatasetLayout.CHAT
-    if fmt is DatasetFormat.COMPLETION:
-        return DatasetLayout.COMPLETION
-    return DatasetLayout.UNKNOWN
-
-
-def _format_of(layout: DatasetLayout) -> DatasetFormat:
-    if layout is DatasetLayout.CHAT:
-        return DatasetFormat.CHAT
-    if layout is DatasetLayout.COMPLETION:
-        return DatasetFormat.COMPLETION
-    return DatasetFormat.UNSPECIFIED
 
 
 def _source_of(spec: DatasetSpec) -> DatasetSource:
