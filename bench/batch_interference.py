@@ -6,10 +6,11 @@ them, as a user would leave) three ways, on one server per batch setting:
 
 - ``alone``: no batch running;
 - ``batch (yields)``: an OpenAI-shaped batch of ``--lines`` requests running,
-  with the default rule (a batch line starts only when no interactive request
-  is in flight, ``FIREBOX_BATCH_LULL_MAX_WAIT_S`` 30);
-- ``batch (no yield)``: the same batch with ``FIREBOX_BATCH_LULL_MAX_WAIT_S=0``
-  (lines start whatever the interactive load): what the yield rule saves.
+  with the default rule: a batch line starts only when no interactive request
+  is in flight, and the in-process engine pauses batch sequences in every step
+  that has an interactive one to run;
+- ``batch (no yield)``: the same batch with ``FIREBOX_BATCH_YIELD=false``
+  (lines start and step whatever the interactive load): what yielding saves.
 
 Reports p50 / p95 / mean interactive latency, the ratio to ``alone`` on the
 same server, and the batch lines finished per second meanwhile, then records
@@ -240,7 +241,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fb-batch-bench-") as tmp:
         work = Path(tmp)
         rows += measure(work, "batch (yields)", {}, args)
-        rows += measure(work, "batch (no yield)", {"FIREBOX_BATCH_LULL_MAX_WAIT_S": "0"}, args)
+        rows += measure(work, "batch (no yield)", {"FIREBOX_BATCH_YIELD": "false"}, args)
     text = markdown(rows, args)
     print(text)
     if not args.no_record:

@@ -56,7 +56,8 @@ def build_batch(
         lambda: jobs.datasets,
         concurrency=settings.batch_concurrency,
         max_jobs=settings.batch_max_jobs,
-        lull_max_wait_s=settings.batch_lull_max_wait_s,
+        lull_max_wait_s=settings.batch_lull_max_wait_s if settings.batch_yield else 0.0,
+        background=settings.batch_yield,
         poll_s=settings.batch_poll_s,
         lease_s=settings.batch_lease_s,
     )
