@@ -148,6 +148,13 @@ def test_signed_upload_urls_then_validate(api: TestClient) -> None:
     valid = api.post(f"{ROOT}/shards:validateUpload", json={})
     assert valid.status_code == 200, valid.text
     assert (valid.json()["state"], valid.json()["exampleCount"]) == ("READY", "4")
+    # A signed URL used again after validation cannot change the READY files.
+    again = part1.replace("question", "QUESTION")
+    assert api.put(signed["a.jsonl"], content=again, headers={"Authorization": ""}).is_success
+    urls = api.get(f"{ROOT}/shards:getDownloadEndpoint").json()["filenameToSignedUrls"]
+    assert api.get(urls["a.jsonl"]).text == part1
+    assert api.post(f"{ROOT}/shards:validateUpload", json={}).json()["state"] == "READY"
+    assert api.get(urls["a.jsonl"]).text == part1
     bad_name = api.post(
         f"{ROOT}/shards:getUploadEndpoint", json={"filenameToSize": {"../x.jsonl": "3"}}
     )
@@ -185,3 +192,23 @@ def test_other_accounts_and_read_only_roles(api: TestClient) -> None:
     assert no_file.status_code == 400 and no_file.json()["error"]["code"] == "invalid_upload"
     not_multipart = api.post(f"{ROOT}/mine:upload", content=GOOD)
     assert not_multipart.status_code == 400
+
+
+def test_a_dataset_made_from_another_copies_its_files(api: TestClient) -> None:
+    _create(api, "orig")
+    assert _upload(api, "orig", GOOD).status_code == 200
+    copy = api.post(ROOT, json={"datasetId": "copy", "sourceDatasetId": "orig"})
+    assert copy.status_code == 200, copy.text
+    shown = copy.json()
+    assert (shown["state"], shown["exampleCount"]) == ("READY", "3")
+    assert shown["estimatedTokenCount"] == api.get(f"{ROOT}/orig").json()["estimatedTokenCount"]
+    assert api.delete(f"{ROOT}/orig").status_code == 200  # the copy has files of its own
+    url = api.get(f"{ROOT}/copy:getDownloadEndpoint").json()["filenameToSignedUrls"]
+    assert api.get(url["train.jsonl"]).text == GOOD
+
+    _create(api, "empty")
+    refused = api.post(ROOT, json={"datasetId": "copy2", "sourceDatasetId": "empty"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "dataset_not_ready"
+    assert api.get(f"{ROOT}/copy2").status_code == 404  # nothing was created
+    missing = api.post(ROOT, json={"datasetId": "copy3", "sourceDatasetId": "nope"})
+    assert missing.status_code == 404

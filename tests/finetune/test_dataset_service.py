@@ -40,14 +40,24 @@ def test_a_valid_upload_becomes_ready_with_exact_counts(services: Services) -> N
     files = datasets.ready_dataset(DEMO_ACCOUNT, f"accounts/{DEMO_ACCOUNT}/datasets/ds1")
     assert files.layout is DatasetLayout.CHAT
     assert files.example_count == 2
-    # Counted as the trainer sees it: the chat template rendered, then tokenized.
-    from transformers import AutoTokenizer
+    # Counted as the trainer sees it: the chat template rendered, then tokenized. The
+    # bundled template (models/README.md) is BOS, then per message
+    # <|im_start|>{role}\n{content}<|im_end|>\n; its special tokens are single tokens.
+    from tokenizers import Tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(services.settings.models_dir / "firebox-tiny")
+    tokenizer = Tokenizer.from_file(
+        str(services.settings.models_dir / "firebox-tiny" / "tokenizer.json")
+    )
     expected = 0
     for line in lines:
-        text = tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=False)
-        expected += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        text = "<|begin_of_text|>" + "".join(
+            f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+            for m in json.loads(line)["messages"]
+        )
+        expected += len(tokenizer.encode(text, add_special_tokens=False).ids)
+    first = "<|begin_of_text|><|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+    ids = tokenizer.encode(first, add_special_tokens=False).ids
+    assert ids.count(tokenizer.token_to_id("<|im_start|>")) == 1  # one token, not pieces
     assert files.estimated_token_count == expected
     assert [p.name for p in datasets.local_paths(files)] == ["train.jsonl"]
     assert list(iter_lines(files, datasets.blobs)) == [line.encode() for line in lines]

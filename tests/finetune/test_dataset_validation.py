@@ -45,6 +45,7 @@ def test_the_empty_file_and_windows_line_endings() -> None:
     assert empty.problem_count == 1 and "holds no example" in empty.problems[0].message
     crlf = (chat_line("a?", "b.") + "\r\n" + chat_line("c?", "d.") + "\r\n").encode()
     assert _run(crlf).example_count == 2
+    assert _run(b"\xef\xbb\xbf" + crlf).ok  # a byte order mark is not content
 
 
 def test_the_list_is_bounded_but_every_problem_is_counted() -> None:

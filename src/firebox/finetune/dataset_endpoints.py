@@ -61,8 +61,8 @@ def create_dataset(
     account: str,
     body: Annotated[DatasetCreate, Body()],
 ) -> Dataset:
-    """Create an empty dataset (state UPLOADING); its files come by upload."""
-    return _datasets(request).create(principal, account, body)
+    """Create an empty dataset (files come by upload), or a copy of ``sourceDatasetId``."""
+    return _uploads(request).create(principal, account, body)
 
 
 @router.get("", response_model=DatasetList, **_DUMP)

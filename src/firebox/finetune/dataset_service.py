@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -27,9 +28,15 @@ from firebox.accounts.ids import validate_id
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Permission
 from firebox.clock import Clock
-from firebox.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from firebox.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from firebox.finetune import dataset_repository as repo
-from firebox.finetune.dataset_files import DatasetFiles, describe, files_of, files_under
+from firebox.finetune.dataset_files import (
+    DatasetFile,
+    DatasetFiles,
+    describe,
+    files_of,
+    files_under,
+)
 from firebox.finetune.dataset_models import (
     DatasetFormat,
     DatasetLayout,
@@ -37,6 +44,8 @@ from firebox.finetune.dataset_models import (
     DatasetSource,
     DatasetState,
     dataset_name,
+    dataset_root,
+    staging_prefix,
     storage_prefix,
 )
 from firebox.finetune.dataset_schemas import Dataset, DatasetCreate, DatasetList, DatasetSpec
@@ -286,25 +295,63 @@ class DatasetService:
                 )
         with self._db.transaction() as session:
             row = self._get_locked(session, account_id, dataset_id)
-            prefix = storage_prefix(row)
+            prefix = dataset_root(row)
             if not repo.remove(session, row.pk):
                 raise not_found(account_id, dataset_id)
         self.blobs.delete_prefix(prefix)
 
     # -- validation -----------------------------------------------------------------
 
-    def validate_stored(self, account_id: str, dataset_id: str) -> Dataset:
-        """Validate the dataset's stored files against what was announced; record the result."""
+    def validate_stored(
+        self, account_id: str, dataset_id: str, *, seq: int | None = None
+    ) -> Dataset:
+        """Validate the staged files against what was announced; record the result.
+
+        Valid files move into the dataset's ``files/`` folder as it turns READY,
+        under the row's lock. ``seq`` names the staging folder the caller
+        uploaded to: if another upload replaced it meanwhile (or the dataset
+        became READY), that is a 409 and nothing of this upload is used.
+        """
         with self._db.transaction() as session:
             row = self._get_locked(session, account_id, dataset_id)
-            if row.state == DatasetState.READY.value:
+            if seq is None and row.state == DatasetState.READY.value:
                 return Dataset.of(row)
+            _check_current(row, seq)
             layout = declared_layout(DatasetFormat(row.format))
             manifest = dict(row.upload_manifest or {})
-            prefix = storage_prefix(row)
-        stored = {f.filename: f for f in files_under(prefix, self.blobs)}
+            staged_seq, staging = row.staging_seq, staging_prefix(row)
+        stored = {f.filename: f for f in files_under(staging, self.blobs)}
         for filename in [name for name in stored if manifest and name not in manifest]:
             self.blobs.delete(stored.pop(filename).key)  # left by an earlier file set
+        try:
+            report = self._check(layout, manifest, stored)
+        except FileNotFoundError:
+            # A newer upload replaced this staging folder while we read it.
+            with self._db.transaction() as session:
+                row = self._get_locked(session, account_id, dataset_id)
+                if row.staging_seq == staged_seq and row.state != DatasetState.READY.value:
+                    raise
+                _check_current(row, seq)
+                return Dataset.of(row)
+        with self._db.transaction() as session:
+            row = self._get_locked(session, account_id, dataset_id)
+            if row.state == DatasetState.READY.value or row.staging_seq != staged_seq:
+                _check_current(row, seq)
+                return Dataset.of(row)  # superseded while we read: the newer upload decides
+            if report.ok:
+                final = storage_prefix(row)
+                self.blobs.delete_prefix(final)
+                for filename, file in stored.items():
+                    self.blobs.move(file.key, f"{final}/{filename}")
+            record_report(row, report, sum(f.size for f in stored.values()), self._clock.now())
+            shown = Dataset.of(row)
+        if report.ok:
+            self.blobs.delete_prefix(staging)
+        return shown
+
+    def _check(
+        self, layout: DatasetLayout, manifest: dict[str, Any], stored: dict[str, DatasetFile]
+    ) -> Report:
         counter = self._counter()
         limit = self.policy.max_example_tokens or getattr(counter, "max_context", None)
         validator = Validator(
@@ -319,11 +366,7 @@ class DatasetService:
         for filename, file in sorted(stored.items()):
             with self.blobs.open(file.key) as stream:
                 validator.feed(filename, stream)
-        report = validator.finish()
-        with self._db.transaction() as session:
-            row = self._get_locked(session, account_id, dataset_id)
-            record_report(row, report, sum(f.size for f in stored.values()), self._clock.now())
-            return Dataset.of(row)
+        return validator.finish()
 
     # -- shared steps -------------------------------------------------------------
 
@@ -371,6 +414,18 @@ class DatasetService:
         if row is None:
             raise not_found(account_id, dataset_id)
         return row
+
+
+def _check_current(row: DatasetRow, seq: int | None) -> None:
+    """Raise unless the upload to staging folder ``seq`` is still the dataset's pending one."""
+    if seq is None:
+        return
+    if row.state == DatasetState.READY.value or row.staging_seq != seq:
+        raise Aborted(
+            f"Another upload to dataset {row.dataset_id!r} replaced this one (or the "
+            "dataset became READY) while it ran; get the dataset to see its state.",
+            code="upload_superseded",
+        )
 
 
 def _actor(principal: Principal) -> str:
