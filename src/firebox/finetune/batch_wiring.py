@@ -62,4 +62,6 @@ def build_batch(
         lease_s=settings.batch_lease_s,
     )
     jobs.wake = runner.wake
+    if datasets is not None:
+        datasets.in_use_checks.append(jobs.dataset_user)  # no deleting what a job reads
     return BatchServices(jobs=jobs, files=files, runner=runner)
