@@ -6,10 +6,11 @@ them, as a user would leave) three ways, on one server per batch setting:
 
 - ``alone``: no batch running;
 - ``batch (yields)``: an OpenAI-shaped batch of ``--lines`` requests running,
-  with the default rule (a batch line starts only when no interactive request
-  is in flight, ``FIREBOX_BATCH_LULL_MAX_WAIT_S`` 30);
-- ``batch (no yield)``: the same batch with ``FIREBOX_BATCH_LULL_MAX_WAIT_S=0``
-  (lines start whatever the interactive load): what the yield rule saves.
+  with the default rule: a batch line starts only when no interactive request
+  is in flight, and the in-process engine pauses batch sequences in every step
+  that has an interactive one to run;
+- ``batch (no yield)``: the same batch with ``FIREBOX_BATCH_YIELD=false``
+  (lines start and step whatever the interactive load): what yielding saves.
 
 Reports p50 / p95 / mean interactive latency, the ratio to ``alone`` on the
 same server, and the batch lines finished per second meanwhile, then records
@@ -145,30 +146,42 @@ def _row(setting: str, phase: str, latencies: list[float], rate: float | None) -
 
 
 def measure(work: Path, setting: str, env: dict[str, str], args: argparse.Namespace) -> list[Row]:
-    server, key = _serve(work, setting.split(maxsplit=1)[0] + str(len(env)), env)
+    """``args.rounds`` rounds of: interactive alone, then beside a fresh batch (then cancelled).
+
+    Alternating the two phases on one server keeps a shared machine's load
+    drift out of the comparison; each phase's samples are pooled over rounds.
+    """
+    server, key = _serve(work, setting.split()[1].strip("()") + "-" + str(len(env)), env)
+    alone: list[float] = []
+    busy: list[float] = []
+    lines_done, busy_s = 0, 0.0
+    per_round = max(args.requests // args.rounds, 1)
     try:
         with httpx.Client(
             base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=300
         ) as client:
             _interactive(client, 5, args.max_tokens, 0)  # warm-up
-            alone = _interactive(client, args.requests, args.max_tokens, args.gap)
-            batch_id = _submit_batch(client, args.lines, args.batch_max_tokens)
-            deadline = time.monotonic() + 120
-            while _done(client, batch_id)[1] < 1 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            status, before = _done(client, batch_id)
-            started = time.monotonic()
-            busy = _interactive(client, args.requests, args.max_tokens, args.gap)
-            elapsed = time.monotonic() - started
-            status, after = _done(client, batch_id)
-            if status != "in_progress" or after >= args.lines:
-                print(f"warning: the batch was {status} ({after}/{args.lines}) by the end")
-            client.post(f"/v1/batches/{batch_id}/cancel")
-            rate = (after - before) / elapsed
-            return [
-                _row(setting, "alone", alone, None),
-                _row(setting, "batch running", busy, rate),
-            ]
+            for _ in range(args.rounds):
+                alone += _interactive(client, per_round, args.max_tokens, args.gap)
+                batch_id = _submit_batch(client, args.lines, args.batch_max_tokens)
+                deadline = time.monotonic() + 120
+                while _done(client, batch_id)[1] < 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                _, before = _done(client, batch_id)
+                started = time.monotonic()
+                busy += _interactive(client, per_round, args.max_tokens, args.gap)
+                busy_s += time.monotonic() - started
+                status, after = _done(client, batch_id)
+                if status != "in_progress":
+                    print(f"warning: the batch was {status} ({after}/{args.lines}) by the end")
+                lines_done += after - before
+                client.post(f"/v1/batches/{batch_id}/cancel")
+                while _done(client, batch_id)[0] not in ("cancelled", "completed", "failed"):
+                    time.sleep(0.1)
+        return [
+            _row(setting, "alone", alone, None),
+            _row(setting, "batch running", busy, lines_done / busy_s),
+        ]
     finally:
         server.stop()
 
@@ -180,10 +193,11 @@ def markdown(rows: list[Row], args: argparse.Namespace) -> str:
         "",
         f"`bench/batch_interference.py{' --quick' if args.quick else ''}`, {when}, "
         f"{platform.machine()} with {os.cpu_count()} cores (shared), firebox-tiny on CPU. "
-        f"{args.requests} sequential interactive chats (max_tokens {args.max_tokens}, "
-        f"{args.gap:g} s apart) with no batch, then while a batch of {args.lines} lines "
-        f"(max_tokens {args.batch_max_tokens}, FIREBOX_BATCH_CONCURRENCY 4) runs. Ratios are "
-        "to `alone` on the same server.",
+        f"{args.requests} sequential interactive chats per phase (max_tokens "
+        f"{args.max_tokens}, {args.gap:g} s apart), in {args.rounds} rounds alternating no "
+        f"batch / a batch of {args.lines} lines running (max_tokens {args.batch_max_tokens}, "
+        "FIREBOX_BATCH_CONCURRENCY 4; cancelled after each round). Ratios are to `alone` on "
+        "the same server.",
         "",
         "| setting | phase | p50 ms | p95 ms | mean ms | p50 ratio | mean ratio | batch lines/s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -213,7 +227,8 @@ def record(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--gap", type=float, default=0.2)
     parser.add_argument("--lines", type=int, default=2000)
@@ -221,12 +236,12 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.requests = 15
+        args.requests, args.rounds = 20, 2
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="fb-batch-bench-") as tmp:
         work = Path(tmp)
         rows += measure(work, "batch (yields)", {}, args)
-        rows += measure(work, "batch (no yield)", {"FIREBOX_BATCH_LULL_MAX_WAIT_S": "0"}, args)
+        rows += measure(work, "batch (no yield)", {"FIREBOX_BATCH_YIELD": "false"}, args)
     text = markdown(rows, args)
     print(text)
     if not args.no_record:

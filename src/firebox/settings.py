@@ -348,6 +348,12 @@ class Settings(BaseSettings):
     batch_max_jobs: int = Field(
         default=2, ge=1, le=64, description="Batch inference jobs one replica runs at once."
     )
+    batch_yield: bool = Field(
+        default=True,
+        description="Batch inference yields to interactive requests: its lines start only in "
+        "a lull, and the in-process engine pauses them while an interactive request runs "
+        "(false only to measure what that saves).",
+    )
     batch_lull_max_wait_s: float = Field(
         default=30.0,
         ge=0,

@@ -54,6 +54,8 @@ def test_a_job_of_50_lines_writes_an_output_dataset_in_input_order(served: App) 
     fw.datasets.upload("requests", file=("requests.jsonl", jsonl(lines)))
     assert fw.datasets.get("requests").state == "READY"
 
+    traffic = served.services.inference.traffic
+    traffic.enter()  # an interactive request in flight: the job waits, its datasets in use
     job = fw.batch_inference_jobs.create(
         batch_inference_job_id="job1",
         model=TINY,
@@ -70,6 +72,9 @@ def test_a_job_of_50_lines_writes_an_output_dataset_in_input_order(served: App) 
         headers=served.headers,
     )
     assert again.status_code == 409 and again.headers["x-should-retry"] == "false"
+    in_use = served.client.delete("/v1/accounts/demo/datasets/requests", headers=served.headers)
+    assert in_use.status_code == 400 and in_use.json()["error"]["code"] == "dataset_in_use"
+    traffic.leave()
 
     def finished() -> object:
         current = fw.batch_inference_jobs.get("job1")

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from firebox.clock import FakeClock
-from firebox.finetune.batch_models import BatchJobRow
+from firebox.finetune.batch_models import BatchJobRow, BatchResultRow
 from firebox.store.database import Database
 from tests.conftest import OPERATOR_KEY
 from tests.finetune.batch_support import App, app, batch_lines, jsonl, usage_rows, wait_for
@@ -88,6 +88,8 @@ def test_interactive_traffic_holds_batch_lines_and_a_restart_continues_where_it_
     assert sorted(r.request_id.rsplit("-", 1)[1] for r in rows) == sorted(
         str(i) for i in range(12)
     )  # every line billed once, across the restart
+    with database.transaction() as session:  # written out: the per-line rows are gone
+        assert session.scalar(select(func.count()).select_from(BatchResultRow)) == 0
     with pytest.raises(StopIteration):
         next(second)
 

@@ -78,6 +78,7 @@ class BatchOutput:
             for name, value in fields.items():
                 setattr(stored, name, value)
             stored.state = final.value
+            repo.delete_results(session, pk)  # written out: the output holds them now
             if failure is not None:
                 stored.status_code = failure.code
                 stored.status_message = failure.message

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firebox.finetune.batch_models import (
+    FINAL_STATES,
     RUNNABLE_STATES,
     BatchFileRow,
     BatchJobRow,
@@ -147,3 +148,13 @@ def files(
     if after_id is not None:
         query = query.where(BatchFileRow.id > after_id)
     return session.scalars(query.order_by(BatchFileRow.id).limit(limit)).all()
+
+
+def job_using(session: Session, account_id: str, dataset_name: str) -> str | None:
+    """The id of an unfinished job of the account reading or writing the dataset, if any."""
+    query = select(BatchJobRow.job_id).where(
+        BatchJobRow.account_id == account_id,
+        BatchJobRow.state.not_in([state.value for state in FINAL_STATES]),
+        or_(BatchJobRow.input_dataset == dataset_name, BatchJobRow.output_dataset == dataset_name),
+    )
+    return session.scalars(query.limit(1)).first()

@@ -81,6 +81,7 @@ class BatchRunner:
         lull_max_wait_s: float = 30.0,
         poll_s: float = 2.0,
         lease_s: float = 60.0,
+        background: bool = True,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -93,6 +94,7 @@ class BatchRunner:
         self._lull_max_wait_s = lull_max_wait_s
         self._poll_s = poll_s
         self._lease = timedelta(seconds=lease_s)
+        self._background = background  # the engine pauses lines beside interactive requests
         self.owner = f"replica-{uuid.uuid4().hex[:12]}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
@@ -283,7 +285,7 @@ class BatchRunner:
             while True:
                 try:
                     answer = await self._inference.generate(
-                        principal, line.request, request_id, batch=True
+                        principal, line.request, request_id, batch=True, background=self._background
                     )
                     assert isinstance(answer, Answer)  # a batch line never streams
                     ok, output = True, result_line(request_id, line.custom_id, answer.body)

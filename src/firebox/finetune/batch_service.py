@@ -134,6 +134,9 @@ class BatchJobService:
             else {}
         )
         parameters(raw)  # refuses a bad extraBody now, not per line
+        source = spec.input_dataset_id
+        if "/" not in source:
+            source = f"accounts/{account_id}/datasets/{source}"
         output = spec.output_dataset_id or f"{job_id}-output"
         with self._db.transaction() as session:
             if repo.job(session, account_id, job_id) is not None:
@@ -144,7 +147,7 @@ class BatchJobService:
         row = self._new_row(principal, account_id, job_id, BatchApi.FIREWORKS)
         row.display_name = spec.display_name or job_id
         row.model = spec.model
-        row.input_dataset = spec.input_dataset_id
+        row.input_dataset = source
         row.output_dataset = output
         row.input_keys = input_keys
         row.parameters = raw
@@ -181,6 +184,14 @@ class BatchJobService:
             repo.delete_results(session, row.pk)
             session.delete(row)
         self._blobs.delete_prefix(f"batch/{account_id}/{row.uid}")
+
+    def dataset_user(self, account_id: str, dataset_id: str) -> str | None:
+        """The job still reading or writing the dataset, if any (``in_use_checks``)."""
+        with self._db.transaction() as session:
+            found = repo.job_using(
+                session, account_id, f"accounts/{account_id}/datasets/{dataset_id}"
+            )
+        return None if found is None else f"batch inference job {job_name(account_id, found)!r}"
 
     # -- OpenAI ---------------------------------------------------------------------------
 

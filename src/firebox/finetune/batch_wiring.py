@@ -56,9 +56,12 @@ def build_batch(
         lambda: jobs.datasets,
         concurrency=settings.batch_concurrency,
         max_jobs=settings.batch_max_jobs,
-        lull_max_wait_s=settings.batch_lull_max_wait_s,
+        lull_max_wait_s=settings.batch_lull_max_wait_s if settings.batch_yield else 0.0,
+        background=settings.batch_yield,
         poll_s=settings.batch_poll_s,
         lease_s=settings.batch_lease_s,
     )
     jobs.wake = runner.wake
+    if datasets is not None:
+        datasets.in_use_checks.append(jobs.dataset_user)  # no deleting what a job reads
     return BatchServices(jobs=jobs, files=files, runner=runner)

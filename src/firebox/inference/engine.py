@@ -71,6 +71,9 @@ class GenerationRequest:
     # Set by the gateway for engines that tokenize ahead (``PromptTokenizer``):
     # the engine runs these ids and does not tokenize again.
     tokenized: TokenizedPrompt | None = None
+    # A batch job's request: an engine that schedules (the in-process one) runs it only in
+    # steps with no interactive request to run; others ignore it.
+    background: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,13 +108,20 @@ class InferenceService:
         self.traffic = traffic or InteractiveTraffic()
 
     async def generate(
-        self, principal: Principal, body: Body, request_id: str, *, batch: bool = False
+        self,
+        principal: Principal,
+        body: Body,
+        request_id: str,
+        *,
+        batch: bool = False,
+        background: bool = True,
     ) -> Answer | StreamingAnswer:
         """Answer a chat (``ChatCompletionRequest``) or completions request.
 
         ``batch``: a request of a batch inference job (``finetune/batch_runner.py``):
         metered as kind ``batch`` (the price book's batch share), not rate-limited,
-        and not counted as interactive traffic.
+        and not counted as interactive traffic; ``background``: its engine requests run
+        only in steps with no interactive request (``GenerationRequest.background``).
         """
         principal.require(principal.account_id, Permission.INFERENCE)
         kind: Literal["chat", "completion"] = (
@@ -133,6 +140,8 @@ class InferenceService:
         size = prompt_bytes(body, messages)
         check_prompt_bytes(size, self._max_prompt_bytes, "messages" if kind == "chat" else "prompt")
         requests = self._engine_requests(body, kind, model, request_id, messages)
+        if batch and background:
+            requests = [replace(r, background=True) for r in requests]
         prompt_tokens: int | None = None
         tokenizer = as_prompt_tokenizer(engine)
         if tokenizer is not None:

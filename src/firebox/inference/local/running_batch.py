@@ -142,28 +142,22 @@ class RunningBatch:
     def _schedule(self) -> list[tuple[Sequence, int]]:
         budget = self._limits.max_batch_tokens
         plan: list[tuple[Sequence, int]] = []
+        # Batch jobs' sequences (background) keep their blocks but sit out every step
+        # while an interactive one runs or waits: interactive latency first.
+        pause = any(not s.group.background for s in (*self._running, *self._waiting))
+        budget = self._plan_running(plan, budget, pause)
         i = 0
-        while i < len(self._running) and budget > 0:  # decodes, oldest first
-            seq = self._running[i]
-            if seq.remaining == 1:
-                if not self._ensure_blocks(seq, len(seq.tokens)):
-                    continue  # seq itself was preempted
-                plan.append((seq, 1))
-                budget -= 1
-            i += 1
-        for seq in self._running:  # prompts being prefilled
-            if budget <= 0:
-                break
-            if seq.remaining > 1:
-                length = min(seq.remaining, budget)
-                plan.append((seq, length))
-                budget -= length
-        i = 0
-        while (
-            budget > 0 and i < len(self._waiting) and len(self._running) < self._limits.max_running
-        ):
+        while budget > 0 and i < len(self._waiting):
             seq = self._waiting[i]
             group = seq.group
+            if pause and group.background:
+                i += 1
+                continue
+            if len(self._running) >= self._limits.max_running:
+                if not (pause and self._yield_background()):
+                    break
+                i += 1  # the paused sequence went to the front of the queue
+                continue
             if group.adapter is not None and not group.lora_slot:
                 try:
                     slot = self._lora.acquire(group.adapter)
@@ -180,12 +174,48 @@ class RunningBatch:
                     continue
                 group.lora_slot = slot
             if not self._admit(seq):
+                if pause and self._yield_background():
+                    i += 1  # its blocks are free now: try again
+                    continue
                 break  # out of KV blocks: first come, first served
             del self._waiting[i]
             length = min(seq.remaining, budget)
             plan.append((seq, length))
             budget -= length
         return plan
+
+    def _plan_running(self, plan: list[tuple[Sequence, int]], budget: int, pause: bool) -> int:
+        """Add the running sequences' next chunks to ``plan``; the budget left."""
+        i = 0
+        while i < len(self._running) and budget > 0:  # decodes, oldest first
+            seq = self._running[i]
+            if pause and seq.group.background:
+                i += 1
+                continue
+            if seq.remaining == 1:
+                if not self._ensure_blocks(seq, len(seq.tokens)):
+                    continue  # seq itself was preempted
+                plan.append((seq, 1))
+                budget -= 1
+            i += 1
+        for seq in self._running:  # prompts being prefilled
+            if budget <= 0:
+                break
+            if pause and seq.group.background:
+                continue
+            if seq.remaining > 1:
+                length = min(seq.remaining, budget)
+                plan.append((seq, length))
+                budget -= length
+        return budget
+
+    def _yield_background(self) -> bool:
+        """Preempt the youngest paused batch sequence, so an interactive one fits; False if none."""
+        for seq in reversed(self._running):
+            if seq.group.background:
+                self._preempt(seq)
+                return True
+        return False
 
     def _admit(self, seq: Sequence) -> bool:
         group = seq.group

@@ -70,6 +70,7 @@ class RequestGroup:
     done: bool = False
     cancelled: bool = False
     finished_choices: int = 0
+    background: bool = False  # a batch job's: paused while an interactive request runs
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     outbox: Delivery = field(default_factory=list)
 

@@ -384,6 +384,7 @@ class LocalTextEngine:
             prompt_hashes=block_hashes(ids, stats.block_size, adapter.key if adapter else ""),
             sink=sink,
             prompt_id_set=self._prompt_set(ids, params.repetition_penalty != 1.0),
+            background=request.background,
         )
         echo_offset = len(group.prompt_text) if request.kind == "completion" and params.echo else 0
         for index in range(params.n):
