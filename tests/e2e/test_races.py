@@ -478,6 +478,8 @@ def case_patch_and_delete_shape(http: httpx.Client, tag: str) -> Burst:
 def case_match_shapes(http: httpx.Client, tag: str) -> Burst:
     body = {"createDeploymentRequest": {"deployment": {"baseModel": BASE}}}
     return Burst(same(N, "POST", "/v1/accounts/firebox/deploymentShapeVersions:match", body), {200})
+
+
 DATASET_LINE = (
     '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
 )
@@ -518,7 +520,7 @@ def case_upload_dataset(http: httpx.Client, tag: str) -> Burst:
     return Burst([shot] * N, {200, 400, 409}, check)
 
 
-def case_upload_endpoint(http: httpx.Client, tag: str) -> Burst:
+def case_dataset_upload_endpoint(http: httpx.Client, tag: str) -> Burst:
     _, path = with_dataset(http, f"ue-{tag}")
     body = {"filenameToSize": {"t.jsonl": str(len(DATASET_LINE))}}
     return Burst(same(N, "POST", f"{path}:getUploadEndpoint", body), {200})
@@ -598,7 +600,10 @@ MUTATING_ROUTES = {
     ("PATCH", "/v1/accounts/{account}/datasets/{dataset}"): "patch_dataset",
     ("DELETE", "/v1/accounts/{account}/datasets/{dataset}"): "delete_dataset",
     ("POST", "/v1/accounts/{account}/datasets/{dataset}:upload"): "upload_dataset",
-    ("POST", "/v1/accounts/{account}/datasets/{dataset}:getUploadEndpoint"): "upload_endpoint",
+    (
+        "POST",
+        "/v1/accounts/{account}/datasets/{dataset}:getUploadEndpoint",
+    ): "dataset_upload_endpoint",
     ("POST", "/v1/accounts/{account}/datasets/{dataset}:validateUpload"): "validate_upload",
 }
 
