@@ -373,6 +373,62 @@ def case_unblock(http: httpx.Client, tag: str) -> Burst:
     return Burst(same(N, "POST", f"/v1/accounts/{a}:unblock"), {200})
 
 
+DATASET_LINE = (
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+)
+
+
+def with_dataset(http: httpx.Client, tag: str) -> tuple[str, str]:
+    """An account and an empty dataset ``ds`` in it: (account, dataset path)."""
+    a = account(http, tag)
+    ok(http.post(f"/v1/accounts/{a}/datasets", json={"datasetId": "ds"}, headers=OPERATOR))
+    return a, f"/v1/accounts/{a}/datasets/ds"
+
+
+def case_create_dataset(http: httpx.Client, tag: str) -> Burst:
+    a = account(http, f"cd-{tag}")
+    shots = same(N, "POST", f"/v1/accounts/{a}/datasets", {"datasetId": "ds"})
+    return Burst(shots, {200, 409}, one_winner())
+
+
+def case_patch_dataset(http: httpx.Client, tag: str) -> Burst:
+    _, path = with_dataset(http, f"pd-{tag}")
+    return Burst(same(N, "PATCH", path, {"displayName": "Renamed"}), {200})
+
+
+def case_delete_dataset(http: httpx.Client, tag: str) -> Burst:
+    _, path = with_dataset(http, f"dd-{tag}")
+    return Burst(same(N, "DELETE", path), {200, 404}, one_winner())
+
+
+def case_upload_dataset(http: httpx.Client, tag: str) -> Burst:
+    """Concurrent uploads of one dataset: one is validated into READY, the rest refused."""
+    _, path = with_dataset(http, f"ud-{tag}")
+    shot = Shot("POST", f"{path}:upload", OPERATOR, files={"file": ("t.jsonl", DATASET_LINE)})
+
+    def check(responses: list[httpx.Response]) -> None:
+        assert statuses(responses)[200] >= 1, statuses(responses)
+        assert ok(http.get(path, headers=OPERATOR))["state"] == "READY"
+
+    return Burst([shot] * N, {200, 400, 409}, check)
+
+
+def case_upload_endpoint(http: httpx.Client, tag: str) -> Burst:
+    _, path = with_dataset(http, f"ue-{tag}")
+    body = {"filenameToSize": {"t.jsonl": str(len(DATASET_LINE))}}
+    return Burst(same(N, "POST", f"{path}:getUploadEndpoint", body), {200})
+
+
+def case_validate_upload(http: httpx.Client, tag: str) -> Burst:
+    _, path = with_dataset(http, f"vu-{tag}")
+    body = {"filenameToSize": {"t.jsonl": str(len(DATASET_LINE))}}
+    url = ok(http.post(f"{path}:getUploadEndpoint", json=body, headers=OPERATOR))[
+        "filenameToSignedUrls"
+    ]["t.jsonl"]
+    assert httpx.put(url, content=DATASET_LINE, timeout=60).status_code == 200
+    return Burst(same(N, "POST", f"{path}:validateUpload", {}), {200})
+
+
 CASES: dict[str, Callable[[httpx.Client, str], Burst]] = {
     name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")
 }
@@ -422,6 +478,12 @@ MUTATING_ROUTES = {
     ("PATCH", "/v1/accounts/{account}/limits"): "first_limits_write",
     ("POST", "/v1/accounts/{account}:block"): "block",
     ("POST", "/v1/accounts/{account}:unblock"): "unblock",
+    ("POST", "/v1/accounts/{account}/datasets"): "create_dataset",
+    ("PATCH", "/v1/accounts/{account}/datasets/{dataset}"): "patch_dataset",
+    ("DELETE", "/v1/accounts/{account}/datasets/{dataset}"): "delete_dataset",
+    ("POST", "/v1/accounts/{account}/datasets/{dataset}:upload"): "upload_dataset",
+    ("POST", "/v1/accounts/{account}/datasets/{dataset}:getUploadEndpoint"): "upload_endpoint",
+    ("POST", "/v1/accounts/{account}/datasets/{dataset}:validateUpload"): "validate_upload",
 }
 
 

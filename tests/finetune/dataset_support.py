@@ -13,7 +13,7 @@ import httpx
 
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Role
-from firebox.finetune.dataset_models import storage_prefix
+from firebox.finetune.dataset_models import staging_prefix
 from firebox.finetune.dataset_repository import get
 from firebox.services import Services
 from tests.support.server import FIREBOX, RunningServer, free_port
@@ -43,11 +43,11 @@ def operator_principal() -> Principal:
 
 
 def put_file(services: Services, account: str, dataset: str, name: str, text: str) -> None:
-    """Store a file of a dataset as an upload would have."""
+    """Stage a file of a dataset as an upload would have (validate_stored reads it)."""
     with services.db.transaction() as session:
         row = get(session, account, dataset)
         assert row is not None
-        prefix = storage_prefix(row)
+        prefix = staging_prefix(row)
     writer = services.storage.blobs.writer(f"{prefix}/{name}", max_bytes=10**9)
     writer.write(text.encode())
     writer.commit()

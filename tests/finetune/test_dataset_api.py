@@ -148,6 +148,13 @@ def test_signed_upload_urls_then_validate(api: TestClient) -> None:
     valid = api.post(f"{ROOT}/shards:validateUpload", json={})
     assert valid.status_code == 200, valid.text
     assert (valid.json()["state"], valid.json()["exampleCount"]) == ("READY", "4")
+    # A signed URL used again after validation cannot change the READY files.
+    again = part1.replace("question", "QUESTION")
+    assert api.put(signed["a.jsonl"], content=again, headers={"Authorization": ""}).is_success
+    urls = api.get(f"{ROOT}/shards:getDownloadEndpoint").json()["filenameToSignedUrls"]
+    assert api.get(urls["a.jsonl"]).text == part1
+    assert api.post(f"{ROOT}/shards:validateUpload", json={}).json()["state"] == "READY"
+    assert api.get(urls["a.jsonl"]).text == part1
     bad_name = api.post(
         f"{ROOT}/shards:getUploadEndpoint", json={"filenameToSize": {"../x.jsonl": "3"}}
     )

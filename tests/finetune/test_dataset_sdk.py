@@ -16,6 +16,7 @@ from pathlib import Path
 import fireworks
 import httpx
 import pytest
+import trustme
 from fireworks import Fireworks
 from fireworks.lib.dataset_upload import upload_dataset_shards
 
@@ -25,7 +26,6 @@ from tests.finetune.dataset_support import chat_line, start_tls_server
 from tests.support.api import bearer, create_account, member_key
 from tests.support.server import RunningServer
 
-trustme = pytest.importorskip("trustme")
 pytestmark = pytest.mark.slow
 
 
@@ -171,6 +171,14 @@ def test_cli_create_dataset_shows_progress_then_the_validation(
     assert "dataset_invalid" in refused.stderr or "not valid" in refused.stderr
     assert "invalid JSON" in refused.stderr and "not a JSON object" in refused.stderr
 
+    fixed_file = _write(tmp_path / "fixed.jsonl", [chat_line("ok?", "ok.")])
+    fixed = run_cli("create", "dataset", "cli-fixed", str(bad), env=env, cwd=tmp_path)
+    assert fixed.returncode == 1
+    again = run_cli(
+        "create", "dataset", "cli-fixed", str(fixed_file), "-o", "json", env=env, cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.json()["state"] == "READY" and "uploading to it" in again.stderr
     listed = run_cli("list", "datasets", "-o", "json", env=env, cwd=tmp_path)
     names = {d["name"]: d["state"] for d in json.loads(listed.stdout)["datasets"]}
     assert names["accounts/tuner/datasets/cli-good"] == "READY"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
 from firebox.app import create_app
@@ -26,14 +27,13 @@ from tests.conftest import OPERATOR_KEY
 from tests.support.api import bearer, create_account, member_key
 from tests.support.server import free_port
 
-moto_server = pytest.importorskip("moto.server")
 CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
 def s3_url() -> Iterator[str]:
     port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
@@ -77,6 +77,15 @@ def test_the_blob_store_contract(store: BlobStore) -> None:
     assert [(b.key, b.size) for b in store.list("datasets/a/1")] == [
         ("datasets/a/1/train.jsonl", 18)
     ]
+    source = store.writer("datasets/a/2/staged.jsonl", max_bytes=10)
+    source.write(b"moved")
+    source.commit()
+    store.move("datasets/a/2/staged.jsonl", "datasets/a/3/final.jsonl")
+    assert store.size("datasets/a/2/staged.jsonl") is None
+    assert store.local_path("datasets/a/3/final.jsonl").read_bytes() == b"moved"
+    with pytest.raises(FileNotFoundError):
+        store.move("datasets/a/2/staged.jsonl", "datasets/a/3/again.jsonl")
+    assert store.delete_prefix("datasets/a/3") == 1
     assert store.delete("datasets/a/2/other.jsonl") is True
     assert store.delete("datasets/a/2/other.jsonl") is False
     assert store.delete_prefix("datasets/a") == 1

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from firebox.accounts.models import AccountRow, UserRow
 from firebox.billing.models import BillingAccountRow, CreditEntryRow, CreditGrantRow
 from firebox.catalog.deployed_models import DeployedModelRow
+from firebox.finetune.dataset_models import DatasetRow
 from firebox.limits.models import QuotaRow
 from firebox.store.database import Database
 
@@ -36,6 +37,7 @@ class Shot:
     path: str
     headers: dict[str, str]
     json: Any = None
+    files: Any = None  # a multipart body instead (httpx ``files=``)
 
 
 def fire(base_url: str, shots: list[Shot], timeout_s: float = 120.0) -> list[httpx.Response]:
@@ -47,7 +49,7 @@ def fire(base_url: str, shots: list[Shot], timeout_s: float = 120.0) -> list[htt
         try:
             with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
                 request = client.build_request(
-                    shot.method, shot.path, headers=shot.headers, json=shot.json
+                    shot.method, shot.path, headers=shot.headers, json=shot.json, files=shot.files
                 )
                 client.get("/healthz")  # the connection is open before the barrier
                 barrier.wait()
@@ -134,6 +136,14 @@ def violations(db: Database, before: Snapshot | None = None) -> list[str]:
             admins = set(session.scalars(select(UserRow.account_id).where(UserRow.role == "admin")))
             for account_id in before.accounts_with_admin - admins:
                 found.append(f"{account_id}: lost its last admin")
+        # 5. A READY dataset holds no upload reservation, and has its counts.
+        for dataset_id, reserved, examples in session.execute(
+            select(
+                DatasetRow.dataset_id, DatasetRow.reserved_bytes, DatasetRow.example_count
+            ).where(DatasetRow.state == "READY")
+        ):
+            if reserved != 0 or not examples:
+                found.append(f"dataset {dataset_id}: READY with {reserved} bytes reserved")
         # 4. Every balance equals its ledger; every grant's remainder its entries.
         entries = dict(
             session.execute(

@@ -1,8 +1,13 @@
 """The table of datasets: JSONL files an account uploads for fine-tuning and batch inference.
 
-A dataset's files live in the blob store under ``datasets/{account}/{pk}/``
-(``storage_prefix``): the row's primary key, not its id, so a dataset
-deleted and created again under the same id never sees the old files.
+A dataset's blobs live under ``datasets/{account}/{pk}/`` (``dataset_root``):
+the row's primary key, not its id, so a dataset deleted and created again
+under the same id never sees the old files. Uploads land in a staging
+folder of their own (``staging/{n}/``, ``staging_prefix``); validation reads
+them there and, under the row's lock, moves the files it validated into
+``files/`` (``storage_prefix``) as the dataset turns READY. So a READY
+dataset's files are exactly the validated ones: an upload still running, or
+a signed URL used after validation, writes into a staging folder nobody reads.
 """
 
 from __future__ import annotations
@@ -88,6 +93,9 @@ class DatasetRow(Base):
     # signed upload URLs not yet used (held against the quota until validation).
     total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Staging folders: the last one handed out, and the one validation reads.
+    upload_seq: Mapped[int] = mapped_column(Integer, default=0)
+    staging_seq: Mapped[int] = mapped_column(Integer, default=0)
     # ``{file name: size}`` that ``:getUploadEndpoint`` registered last.
     upload_manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # The validator's findings: ``[{"file", "line", "message"}]``, bounded.
@@ -104,6 +112,16 @@ def dataset_name(account_id: str, dataset_id: str) -> str:
     return f"accounts/{account_id}/{DATASETS_SEGMENT}/{dataset_id}"
 
 
-def storage_prefix(row: DatasetRow) -> str:
-    """The blob-store folder of the dataset's files."""
+def dataset_root(row: DatasetRow) -> str:
+    """The blob-store folder of everything of the dataset (deleted with it)."""
     return f"datasets/{row.account_id}/{row.pk}"
+
+
+def storage_prefix(row: DatasetRow) -> str:
+    """The blob-store folder of the dataset's validated files."""
+    return f"{dataset_root(row)}/files"
+
+
+def staging_prefix(row: DatasetRow, seq: int | None = None) -> str:
+    """The staging folder ``seq`` (default: the one validation reads) of the dataset."""
+    return f"{dataset_root(row)}/staging/{row.staging_seq if seq is None else seq}"

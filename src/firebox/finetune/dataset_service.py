@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -27,9 +28,15 @@ from firebox.accounts.ids import validate_id
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Permission
 from firebox.clock import Clock
-from firebox.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from firebox.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from firebox.finetune import dataset_repository as repo
-from firebox.finetune.dataset_files import DatasetFiles, describe, files_of, files_under
+from firebox.finetune.dataset_files import (
+    DatasetFile,
+    DatasetFiles,
+    describe,
+    files_of,
+    files_under,
+)
 from firebox.finetune.dataset_models import (
     DatasetFormat,
     DatasetLayout,
@@ -37,9 +44,12 @@ from firebox.finetune.dataset_models import (
     DatasetSource,
     DatasetState,
     dataset_name,
+    dataset_root,
+    staging_prefix,
     storage_prefix,
 )
 from firebox.finetune.dataset_schemas import Dataset, DatasetCreate, DatasetList, DatasetSpec
+from firebox.finetune.dataset_status import declared_layout, record_report
 from firebox.finetune.dataset_tokens import TokenCounter
 from firebox.finetune.dataset_validation import Report, Validator
 from firebox.paging import decode_token, next_token, page_size
@@ -101,6 +111,9 @@ class DatasetService:
         self.blobs = blobs
         self.policy = policy
         self._counter = counter  # built on first use: loading a tokenizer takes a moment
+        # Jobs register a check here: given (account, dataset id), the name of a job that
+        # still reads the dataset, or None. Deleting a dataset in use is refused.
+        self.in_use_checks: list[Callable[[str, str], str | None]] = []
 
     # -- the read API of jobs ---------------------------------------------------
 
@@ -126,6 +139,26 @@ class DatasetService:
     def local_paths(self, dataset: DatasetFiles) -> list[Path]:
         """Local files holding the dataset's files, in order (trainers read files)."""
         return [self.blobs.local_path(f.key) for f in dataset.files]
+
+    def check_for_job(
+        self, dataset: DatasetFiles, counter: TokenCounter, max_context: int
+    ) -> Report:
+        """Validate a READY dataset again for a job: its base's tokenizer, its context length.
+
+        A job calls it before training (``dataset_tokens.counter_for(base_dir)``);
+        the report's ``token_count`` is then exact for that base, and every
+        example longer than ``max_context`` is a problem with its line.
+        """
+        validator = Validator(
+            counter,
+            layout=dataset.layout,
+            max_example_tokens=max_context,
+            max_problems=self.policy.max_problems,
+        )
+        for file in dataset.files:
+            with self.blobs.open(file.key) as stream:
+                validator.feed(file.filename, stream)
+        return validator.finish()
 
     def create_output(
         self, account_id: str, dataset_id: str, *, source_job_name: str, display_name: str = ""
@@ -252,27 +285,73 @@ class DatasetService:
     def delete(self, principal: Principal, account_id: str, dataset_id: str) -> None:
         """Delete the dataset and its files."""
         principal.require(account_id, Permission.RESOURCES_WRITE)
+        for check in self.in_use_checks:
+            user = check(account_id, dataset_id)
+            if user is not None:
+                raise FailedPrecondition(
+                    f"Dataset {dataset_name(account_id, dataset_id)!r} is used by {user}; "
+                    "delete it once that job has finished or been cancelled.",
+                    code="dataset_in_use",
+                )
         with self._db.transaction() as session:
             row = self._get_locked(session, account_id, dataset_id)
-            prefix = storage_prefix(row)
+            prefix = dataset_root(row)
             if not repo.remove(session, row.pk):
                 raise not_found(account_id, dataset_id)
         self.blobs.delete_prefix(prefix)
 
     # -- validation -----------------------------------------------------------------
 
-    def validate_stored(self, account_id: str, dataset_id: str) -> Dataset:
-        """Validate the dataset's stored files against what was announced; record the result."""
+    def validate_stored(
+        self, account_id: str, dataset_id: str, *, seq: int | None = None
+    ) -> Dataset:
+        """Validate the staged files against what was announced; record the result.
+
+        Valid files move into the dataset's ``files/`` folder as it turns READY,
+        under the row's lock. ``seq`` names the staging folder the caller
+        uploaded to: if another upload replaced it meanwhile (or the dataset
+        became READY), that is a 409 and nothing of this upload is used.
+        """
         with self._db.transaction() as session:
             row = self._get_locked(session, account_id, dataset_id)
-            if row.state == DatasetState.READY.value:
+            if seq is None and row.state == DatasetState.READY.value:
                 return Dataset.of(row)
-            layout = _declared_layout(DatasetFormat(row.format))
+            _check_current(row, seq)
+            layout = declared_layout(DatasetFormat(row.format))
             manifest = dict(row.upload_manifest or {})
-            prefix = storage_prefix(row)
-        stored = {f.filename: f for f in files_under(prefix, self.blobs)}
+            staged_seq, staging = row.staging_seq, staging_prefix(row)
+        stored = {f.filename: f for f in files_under(staging, self.blobs)}
         for filename in [name for name in stored if manifest and name not in manifest]:
             self.blobs.delete(stored.pop(filename).key)  # left by an earlier file set
+        try:
+            report = self._check(layout, manifest, stored)
+        except FileNotFoundError:
+            # A newer upload replaced this staging folder while we read it.
+            with self._db.transaction() as session:
+                row = self._get_locked(session, account_id, dataset_id)
+                if row.staging_seq == staged_seq and row.state != DatasetState.READY.value:
+                    raise
+                _check_current(row, seq)
+                return Dataset.of(row)
+        with self._db.transaction() as session:
+            row = self._get_locked(session, account_id, dataset_id)
+            if row.state == DatasetState.READY.value or row.staging_seq != staged_seq:
+                _check_current(row, seq)
+                return Dataset.of(row)  # superseded while we read: the newer upload decides
+            if report.ok:
+                final = storage_prefix(row)
+                self.blobs.delete_prefix(final)
+                for filename, file in stored.items():
+                    self.blobs.move(file.key, f"{final}/{filename}")
+            record_report(row, report, sum(f.size for f in stored.values()), self._clock.now())
+            shown = Dataset.of(row)
+        if report.ok:
+            self.blobs.delete_prefix(staging)
+        return shown
+
+    def _check(
+        self, layout: DatasetLayout, manifest: dict[str, Any], stored: dict[str, DatasetFile]
+    ) -> Report:
         counter = self._counter()
         limit = self.policy.max_example_tokens or getattr(counter, "max_context", None)
         validator = Validator(
@@ -287,38 +366,7 @@ class DatasetService:
         for filename, file in sorted(stored.items()):
             with self.blobs.open(file.key) as stream:
                 validator.feed(filename, stream)
-        report = validator.finish()
-        with self._db.transaction() as session:
-            row = self._get_locked(session, account_id, dataset_id)
-            self._record(row, report, sum(f.size for f in stored.values()))
-            return Dataset.of(row)
-
-    def _record(self, row: DatasetRow, report: Report, total_bytes: int) -> None:
-        row.total_bytes = total_bytes
-        row.reserved_bytes = 0
-        row.problems = [p.as_dict() for p in report.problems]
-        row.update_time = self._clock.now()
-        if report.layout is not DatasetLayout.UNKNOWN:
-            row.layout = report.layout.value
-        if row.format == DatasetFormat.UNSPECIFIED.value:
-            row.format = _format_of(report.layout).value
-        if report.ok:
-            row.state = DatasetState.READY.value
-            row.status_code, row.status_message = "OK", ""
-            row.example_count = report.example_count
-            row.estimated_token_count = report.token_count
-            row.average_turn_count = round(report.average_turns, 3)
-            return
-        first = report.problems[0] if report.problems else None
-        more = report.problem_count - 1
-        row.state = DatasetState.UPLOADING.value
-        row.status_code = "INVALID_ARGUMENT"
-        row.status_message = (
-            f"{report.problem_count} problem(s) in the uploaded files"
-            + (f", the first: {first}" if first else "")
-            + (f" (and {more} more, listed in validationProblems)" if more > 0 else "")
-            + ". Fix the file and upload it again."
-        )
+        return validator.finish()
 
     # -- shared steps -------------------------------------------------------------
 
@@ -368,24 +416,20 @@ class DatasetService:
         return row
 
 
+def _check_current(row: DatasetRow, seq: int | None) -> None:
+    """Raise unless the upload to staging folder ``seq`` is still the dataset's pending one."""
+    if seq is None:
+        return
+    if row.state == DatasetState.READY.value or row.staging_seq != seq:
+        raise Aborted(
+            f"Another upload to dataset {row.dataset_id!r} replaced this one (or the "
+            "dataset became READY) while it ran; get the dataset to see its state.",
+            code="upload_superseded",
+        )
+
+
 def _actor(principal: Principal) -> str:
     return f"accounts/{principal.account_id}/users/{principal.user_id}"
-
-
-def _declared_layout(fmt: DatasetFormat) -> DatasetLayout:
-    if fmt is DatasetFormat.CHAT:
-        return DatasetLayout.CHAT
-    if fmt is DatasetFormat.COMPLETION:
-        return DatasetLayout.COMPLETION
-    return DatasetLayout.UNKNOWN
-
-
-def _format_of(layout: DatasetLayout) -> DatasetFormat:
-    if layout is DatasetLayout.CHAT:
-        return DatasetFormat.CHAT
-    if layout is DatasetLayout.COMPLETION:
-        return DatasetFormat.COMPLETION
-    return DatasetFormat.UNSPECIFIED
 
 
 def _source_of(spec: DatasetSpec) -> DatasetSource:

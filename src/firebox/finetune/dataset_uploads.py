@@ -25,7 +25,12 @@ from firebox.clock import Clock
 from firebox.errors import FailedPrecondition, InvalidArgument, NotFound, PayloadTooLarge
 from firebox.finetune import dataset_repository as repo
 from firebox.finetune.dataset_files import files_under
-from firebox.finetune.dataset_models import DatasetRow, DatasetState, storage_prefix
+from firebox.finetune.dataset_models import (
+    DatasetRow,
+    DatasetState,
+    staging_prefix,
+    storage_prefix,
+)
 from firebox.finetune.dataset_multipart import stream_file_part
 from firebox.finetune.dataset_schemas import Dataset, UploadedFile
 from firebox.finetune.dataset_service import DatasetService, not_found
@@ -51,6 +56,7 @@ class UploadTicket:
     key: str
     filename: str
     max_bytes: int
+    seq: int  # its staging folder
 
 
 class DatasetUploads:
@@ -92,12 +98,12 @@ class DatasetUploads:
                 await to_thread.run_sync(writer.commit)
             finally:
                 await to_thread.run_sync(writer.abort)
+            return await to_thread.run_sync(self.finish, account_id, dataset_id, tickets[0], size)
         except BaseException:
             if tickets:
                 with CancelScope(shield=True):
-                    await to_thread.run_sync(self.release, account_id, dataset_id)
+                    await to_thread.run_sync(self.release, account_id, dataset_id, tickets[0])
             raise
-        return await to_thread.run_sync(self.finish, account_id, dataset_id, tickets[0], size)
 
     def begin(
         self,
@@ -120,9 +126,13 @@ class DatasetUploads:
             if wanted > room:
                 raise self._over_quota(wanted, room)
             row.reserved_bytes = wanted
+            row.upload_seq += 1  # a staging folder of its own: no other upload writes there
             row.update_time = self._clock.now()
             return UploadTicket(
-                key=f"{storage_prefix(row)}/{name}", filename=name, max_bytes=min(limit, room)
+                key=f"{staging_prefix(row, row.upload_seq)}/{name}",
+                filename=name,
+                max_bytes=min(limit, room),
+                seq=row.upload_seq,
             )
 
     def writer(self, ticket: UploadTicket) -> BlobWriter:
@@ -133,10 +143,14 @@ class DatasetUploads:
     ) -> UploadedFile:
         """The file is stored: it becomes the dataset's only file, then it is validated."""
         with self._db.transaction() as session:
-            row = self._locked(session, account_id, dataset_id)
+            row = self._writable(session, account_id, dataset_id)
+            earlier = staging_prefix(row)
+            row.staging_seq = ticket.seq
             row.upload_manifest = {ticket.filename: size}
             created = row.create_time
-        shown = self._datasets.validate_stored(account_id, dataset_id)
+        if earlier != staging_prefix(row):
+            self._storage.blobs.delete_prefix(earlier)  # an earlier upload's files
+        shown = self._datasets.validate_stored(account_id, dataset_id, seq=ticket.seq)
         refuse_invalid(shown)
         return UploadedFile(
             id=shown.name,
@@ -145,12 +159,18 @@ class DatasetUploads:
             filename=ticket.filename,
         )
 
-    def release(self, account_id: str, dataset_id: str) -> None:
-        """Give back the reservation of an upload that failed."""
+    def release(self, account_id: str, dataset_id: str, ticket: UploadTicket) -> None:
+        """After an upload failed: its reservation back, its staged file gone if unused."""
         with self._db.transaction() as session:
             row = repo.get_for_update(session, account_id, dataset_id)
-            if row is not None:
+            if row is None:
+                return
+            if row.state != DatasetState.READY.value:
                 row.reserved_bytes = 0
+            unused = row.staging_seq != ticket.seq or row.state == DatasetState.READY.value
+            folder = staging_prefix(row, ticket.seq)
+        if unused:
+            self._storage.blobs.delete_prefix(folder)
 
     # -- signed URLs --------------------------------------------------------------
 
@@ -187,9 +207,17 @@ class DatasetUploads:
             if total > room:
                 raise self._over_quota(total, room)
             row.reserved_bytes = total
+            earlier = staging_prefix(row)
+            if row.staging_seq == 0 or row.upload_manifest != dict(sizes):
+                # A new file set gets a new staging folder; the same set again (the SDK
+                # helper asks again after 45 minutes) keeps the shards already sent.
+                row.upload_seq += 1
+                row.staging_seq = row.upload_seq
             row.upload_manifest = dict(sizes)
             row.update_time = self._clock.now()
-            prefix = storage_prefix(row)
+            prefix = staging_prefix(row)
+        if earlier != prefix:
+            self._storage.blobs.delete_prefix(earlier)
         signer, ttl = self._storage.signer, self._storage.url_ttl_s
         return {
             filename: self._storage.url(
@@ -215,7 +243,8 @@ class DatasetUploads:
             row = repo.get(session, account_id, dataset_id)
             if row is None:
                 raise not_found(account_id, dataset_id)
-            prefix = storage_prefix(row)
+            ready = row.state == DatasetState.READY.value
+            prefix = storage_prefix(row) if ready else staging_prefix(row)
         files = files_under(prefix, self._storage.blobs)
         if not files:
             raise NotFound(

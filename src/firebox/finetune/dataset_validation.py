@@ -28,6 +28,7 @@ ROLES = frozenset({"system", "user", "assistant", "tool"})
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line is reported, not read into memory
 DEFAULT_MAX_PROBLEMS = 100
 _READ = 64 * 1024
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,4 +228,6 @@ def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
                 line = stream.readline(_READ)
             yield number, None
             continue
+        if number == 1 and line.startswith(_BOM):
+            line = line[len(_BOM) :]  # editors on Windows write one; it is not content
         yield number, line.rstrip(b"\r\n")

@@ -87,6 +87,10 @@ class BlobStore(Protocol):
         """Delete one blob; whether it existed."""
         ...
 
+    def move(self, source: str, target: str) -> None:
+        """Rename a blob, replacing ``target`` (``FileNotFoundError`` without ``source``)."""
+        ...
+
     def local_path(self, key: str) -> Path:
         """A local file holding the blob (engines and trainers read files)."""
         ...
@@ -167,8 +171,12 @@ class LocalBlobStore:
         folder = self._path(prefix)
         if not folder.is_dir():
             return 0
-        count = sum(1 for _ in _files(folder))
-        shutil.rmtree(folder)
+        try:
+            count = sum(1 for _ in _files(folder))
+        except FileNotFoundError:
+            count = 0
+        # Another request may delete the same folder at the same moment: gone is gone.
+        shutil.rmtree(folder, onerror=_ignore_missing)
         return count
 
     def delete(self, key: str) -> bool:
@@ -178,11 +186,23 @@ class LocalBlobStore:
             return False
         return True
 
+    def move(self, source: str, target: str) -> None:
+        destination = self._path(target)
+        private_dir(destination.parent)
+        os.replace(self._path(source), destination)
+
     def local_path(self, key: str) -> Path:
         path = self._path(key)
         if not path.is_file():
             raise FileNotFoundError(key)
         return path
+
+
+def _ignore_missing(
+    function: object, path: str, info: tuple[type[BaseException], BaseException, object]
+) -> None:
+    if not isinstance(info[1], FileNotFoundError):
+        raise info[1]
 
 
 def _files(folder: Path) -> Iterator[Path]:

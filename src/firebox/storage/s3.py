@@ -190,6 +190,15 @@ class S3BlobStore:
         self.client.delete_object(Bucket=self.bucket, Key=self._object(key))
         return True
 
+    def move(self, source: str, target: str) -> None:
+        """Copy then delete (S3 has no rename); a managed copy handles objects of any size."""
+        if self._head(source) is None:
+            raise FileNotFoundError(source)
+        self.client.copy(
+            {"Bucket": self.bucket, "Key": self._object(source)}, self.bucket, self._object(target)
+        )
+        self.client.delete_object(Bucket=self.bucket, Key=self._object(source))
+
     def local_path(self, key: str) -> Path:
         """A cached local copy, fetched again when the object changed (its ETag)."""
         head = self._head(key)

@@ -1,6 +1,7 @@
 """``create|get|delete dataset`` and ``list datasets``, inside ``--account``.
 
-``firebox create dataset ID FILE`` creates the dataset, uploads the file with
+``firebox create dataset ID FILE`` creates the dataset (or reuses one that
+still awaits its files, after a failed validation), uploads the file with
 a progress bar (multipart ``:upload`` up to the direct-upload size, else a
 signed URL from ``:getUploadEndpoint`` then ``:validateUpload``) and prints
 the validation result: the counts of a READY dataset, or every problem with
@@ -172,8 +173,14 @@ def create_dataset(
         spec["format"] = format_.upper()
     printer = call.printer()
     with call.client() as api:
-        api.post(path, {"datasetId": dataset_id, "dataset": spec})
         one = f"{path}/{segment(dataset_id)}"
+        try:
+            api.post(path, {"datasetId": dataset_id, "dataset": spec})
+        except ApiError as exc:
+            # Uploading again after fixing the file: the dataset awaits its files.
+            if exc.code != "dataset_exists" or api.get(one).get("state") != "UPLOADING":
+                raise
+            printer.note(f"Dataset {dataset_id} exists and awaits its files: uploading to it.")
         big = os.path.getsize(file) > DIRECT_UPLOAD_BYTES
         try:
             _upload(api, one, file, signed=signed_url or big, printer=printer)

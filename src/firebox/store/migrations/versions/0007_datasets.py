@@ -40,6 +40,8 @@ def upgrade() -> None:
         sa.Column("average_turn_count", sa.Float(), nullable=True),
         sa.Column("total_bytes", sa.BigInteger(), nullable=False),
         sa.Column("reserved_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("upload_seq", sa.Integer(), nullable=False),
+        sa.Column("staging_seq", sa.Integer(), nullable=False),
         sa.Column("upload_manifest", sa.JSON(), nullable=True),
         sa.Column("problems", sa.JSON(), nullable=True),
         sa.Column("create_time", firebox.store.base.UTCDateTime(timezone=True), nullable=False),
