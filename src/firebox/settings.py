@@ -230,6 +230,13 @@ class Settings(BaseSettings):
         description='Where workers train: "auto" (CUDA when present, else the CPU), "cpu", '
         '"cuda" or "cuda:N".',
     )
+    finetune_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness added to training workers, so serving on the same CPUs goes "
+        "first; 0 leaves them at the server's priority.",
+    )
     finetune_lease_s: float = Field(
         default=30.0,
         gt=0,

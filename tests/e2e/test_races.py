@@ -47,6 +47,7 @@ def store(
     """A real server with the test clock, and a handle on the store it writes."""
     data_dir: Path = tmp_path_factory.mktemp("races")
     env = {"FIREBOX_ADMIN_KEY": OPERATOR_KEY, "FIREBOX_TEST_CLOCK": "true"}
+    env["FIREBOX_FINETUNE_MAX_JOBS"] = "0"  # fine-tuning jobs race on the API, never train
     schema = None
     if request.param == "postgresql":
         schema, env["FIREBOX_DATABASE_URL"] = pg_schema_url()
@@ -536,6 +537,54 @@ def case_validate_upload(http: httpx.Client, tag: str) -> Burst:
     return Burst(same(N, "POST", f"{path}:validateUpload", {}), {200})
 
 
+SFT_BASE = "accounts/firebox/models/firebox-tiny"
+
+
+def with_sft_job(http: httpx.Client, tag: str, *, cancelled: bool = False) -> str:
+    """An account with a READY dataset and a job ``j`` on it (not training): the job's path."""
+    a, dataset = with_dataset(http, tag)
+    files = {"file": ("t.jsonl", DATASET_LINE)}
+    ok(http.post(f"{dataset}:upload", files=files, headers=OPERATOR))
+    jobs = f"/v1/accounts/{a}/supervisedFineTuningJobs"
+    body = {"dataset": f"accounts/{a}/datasets/ds", "baseModel": SFT_BASE}
+    ok(http.post(f"{jobs}?supervisedFineTuningJobId=j", json=body, headers=OPERATOR))
+    if cancelled:
+        ok(http.post(f"{jobs}/j:cancel", json={}, headers=OPERATOR))
+    return f"{jobs}/j"
+
+
+def case_create_sftj(http: httpx.Client, tag: str) -> Burst:
+    path = with_sft_job(http, f"cs-{tag}")
+    jobs = path.removesuffix("/j")
+    body = {"dataset": f"accounts/cs-{tag}/datasets/ds", "baseModel": SFT_BASE, "outputModel": "o"}
+    shots = same(N, "POST", f"{jobs}?supervisedFineTuningJobId=k", body)
+    return Burst(shots, {200, 409}, one_winner())
+
+
+def case_cancel_sftj(http: httpx.Client, tag: str) -> Burst:
+    path = with_sft_job(http, f"xs-{tag}")
+
+    def check(responses: list[httpx.Response]) -> None:
+        assert statuses(responses)[200] == 1, statuses(responses)  # the rest: job_finished
+        assert ok(http.get(path, headers=OPERATOR))["state"] == "JOB_STATE_CANCELLED"
+
+    return Burst(same(N, "POST", f"{path}:cancel", {}), {200, 400}, check)
+
+
+def case_resume_sftj(http: httpx.Client, tag: str) -> Burst:
+    path = with_sft_job(http, f"rs-{tag}", cancelled=True)
+
+    def check(responses: list[httpx.Response]) -> None:
+        assert ok(http.get(path, headers=OPERATOR))["state"] == "JOB_STATE_PENDING"
+
+    return Burst(same(N, "POST", f"{path}:resume", {}), {200}, check)
+
+
+def case_delete_sftj(http: httpx.Client, tag: str) -> Burst:
+    path = with_sft_job(http, f"ds-{tag}")
+    return Burst(same(N, "DELETE", path), {200, 404}, one_winner())
+
+
 CASES: dict[str, Callable[[httpx.Client, str], Burst]] = {
     name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")
 }
@@ -605,6 +654,10 @@ MUTATING_ROUTES = {
         "/v1/accounts/{account}/datasets/{dataset}:getUploadEndpoint",
     ): "dataset_upload_endpoint",
     ("POST", "/v1/accounts/{account}/datasets/{dataset}:validateUpload"): "validate_upload",
+    ("POST", "/v1/accounts/{account}/supervisedFineTuningJobs"): "create_sftj",
+    ("DELETE", "/v1/accounts/{account}/supervisedFineTuningJobs/{job}"): "delete_sftj",
+    ("POST", "/v1/accounts/{account}/supervisedFineTuningJobs/{job}:cancel"): "cancel_sftj",
+    ("POST", "/v1/accounts/{account}/supervisedFineTuningJobs/{job}:resume"): "resume_sftj",
 }
 
 

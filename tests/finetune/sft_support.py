@@ -9,12 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from firebox.finetune import dataset_repository
-from firebox.finetune.dataset_models import DatasetFormat, storage_prefix
-from firebox.finetune.dataset_schemas import DatasetCreate, DatasetSpec
-from firebox.finetune.sft_output import SYSTEM
-from firebox.services import Services
-
 MARKER = "Zorblax"
 _SUBJECTS = [
     "cats", "the moon", "rivers", "bread", "music", "winter", "trains", "gold", "paper",
@@ -53,19 +47,24 @@ def write_jsonl(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def ready_dataset(services: Services, account: str, dataset_id: str, lines: list[str]) -> str:
-    """A READY CHAT dataset holding ``lines``, made through the datasets service."""
-    spec = DatasetSpec(format=DatasetFormat.CHAT, user_uploaded={})
-    services.datasets.create(SYSTEM, account, DatasetCreate(dataset_id=dataset_id, dataset=spec))
-    with services.db.transaction() as session:
-        row = dataset_repository.get(session, account, dataset_id)
-        assert row is not None
-        prefix = storage_prefix(row)
-    writer = services.storage.blobs.writer(f"{prefix}/train.jsonl", max_bytes=10**8)
-    writer.write("".join(line + "\n" for line in lines).encode())
-    writer.commit()
-    dataset = services.datasets.validate_stored(account, dataset_id)
-    assert dataset.state == "READY", dataset
+def ready_dataset(client: Any, headers: dict[str, str], account: str, dataset_id: str,
+                  lines: list[str]) -> str:  # fmt: skip
+    """A READY CHAT dataset holding ``lines``, uploaded through the datasets API."""
+    made = client.post(
+        f"/v1/accounts/{account}/datasets",
+        json={"datasetId": dataset_id, "dataset": {"userUploaded": {}}},
+        headers=headers,
+    )
+    assert made.status_code == 200, made.text
+    body = "".join(line + "\n" for line in lines).encode()
+    sent = client.post(
+        f"/v1/accounts/{account}/datasets/{dataset_id}:upload",
+        files={"file": ("train.jsonl", body, "application/octet-stream")},
+        headers=headers,
+    )
+    assert sent.status_code == 200, sent.text
+    shown = client.get(f"/v1/accounts/{account}/datasets/{dataset_id}", headers=headers).json()
+    assert shown["state"] == "READY", shown
     return f"accounts/{account}/datasets/{dataset_id}"
 
 

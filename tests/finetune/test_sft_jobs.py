@@ -104,7 +104,7 @@ def _expected_micros(rows: list[UsageRecordRow]) -> int:
 def test_job_trains_an_addon_that_learned_the_marker_and_bills_tokens_times_epochs(
     client: TestClient, services: Services, member: dict[str, str]
 ) -> None:
-    dataset = ready_dataset(services, "acme", "marker", marker_lines(40))
+    dataset = ready_dataset(client, member, "acme", "marker", marker_lines(40))
     created = _create(
         client, member, "teach", dataset=dataset, baseModel=BASE, outputModel="marker-addon",
         epochs=3, learningRate=0.01, batchSizeSamples=4, loraRank=8,
@@ -156,7 +156,7 @@ def test_job_trains_an_addon_that_learned_the_marker_and_bills_tokens_times_epoc
 def test_cancel_charges_what_was_trained_and_resume_continues_from_the_checkpoint(
     client: TestClient, services: Services, member: dict[str, str]
 ) -> None:
-    dataset = ready_dataset(services, "acme", "long", marker_lines(12))
+    dataset = ready_dataset(client, member, "acme", "long", marker_lines(12))
     created = _create(
         client, member, "long", dataset=dataset, baseModel=BASE, epochs=10,
         learningRate=0.01, batchSizeSamples=4,
@@ -203,7 +203,7 @@ def test_suspension_pauses_the_job_and_lifting_it_resumes(
     member: dict[str, str],
     operator_headers: dict[str, str],
 ) -> None:
-    dataset = ready_dataset(services, "acme", "pausing", marker_lines(12))
+    dataset = ready_dataset(client, member, "acme", "pausing", marker_lines(12))
     created = _create(
         client, member, "pausing", dataset=dataset, baseModel=BASE, epochs=10,
         learningRate=0.01, batchSizeSamples=4,
@@ -241,7 +241,7 @@ def test_suspension_pauses_the_job_and_lifting_it_resumes(
 def test_a_job_the_account_cannot_pay_for_is_refused_with_the_inference_codes(
     client: TestClient, services: Services, member: dict[str, str]
 ) -> None:
-    dataset = ready_dataset(services, "acme", "costly", marker_lines(40))
+    dataset = ready_dataset(client, member, "acme", "costly", marker_lines(40))
     limited = client.patch(
         "/v1/accounts/acme/billing", json={"accountSpendLimit": "0.001"}, headers=member
     )

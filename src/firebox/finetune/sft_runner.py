@@ -68,6 +68,7 @@ class RunnerSettings:
     poll_s: float = 1.0
     threads: int = 1
     device: str = "auto"
+    nice: int = 10
     python: str = sys.executable
 
 
@@ -319,6 +320,7 @@ class SftRunner:
             target_modules=targets,
             threads=self.settings.threads,
             device=self.settings.device,
+            nice=self.settings.nice,
         )
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "spec.json"

@@ -16,10 +16,12 @@ import uuid
 from collections.abc import Callable
 
 from anyio import to_thread
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firebox.accounts import repository as accounts_repo
 from firebox.accounts.ids import validate_id
+from firebox.accounts.models import AccountRow
 from firebox.accounts.principal import Principal
 from firebox.accounts.roles import Permission
 from firebox.catalog.kinds import model_name, split_name
@@ -140,7 +142,17 @@ class SftJobService:
         return view
 
     def _insert(self, row: SftJobRow) -> SftJob:
+        try:
+            return self._insert_once(row)
+        except IntegrityError:  # a concurrent create of the same id won
+            raise AlreadyExists(
+                f"Fine-tuning job {job_name(row.account_id, row.job_id)!r} already exists."
+            ) from None
+
+    def _insert_once(self, row: SftJobRow) -> SftJob:
         with self._db.transaction() as session:
+            # Creates of one account queue here, so the checks below hold until the commit.
+            lock_rows(session, AccountRow, AccountRow.id == row.account_id)
             if accounts_repo.get_account(session, row.account_id) is None:
                 raise NotFound(f"Account {row.account_id!r} was not found.")
             if repo.get(session, row.account_id, row.job_id) is not None:

@@ -48,6 +48,7 @@ def build_sft(services: Services) -> SftServices:
             poll_s=settings.finetune_poll_s,
             threads=settings.finetune_threads,
             device=settings.finetune_device,
+            nice=settings.finetune_nice,
         ),
     )
     catalog = services.catalog

@@ -60,6 +60,8 @@ def main(argv: list[str]) -> int:
         from firebox.finetune.worker.trainer import Trainer  # torch loads here, after the pipes
 
         spec = TrainSpec.read(Path(argv[1]))
+        if spec.nice > 0 and hasattr(os, "nice"):
+            os.nice(spec.nice)  # training yields the CPU to the gateway and its engines
         emit(Trainer(spec, emit, control.requested).run())
         return 0
     except Exception as exc:

@@ -59,6 +59,7 @@ class TrainSpec:
     threads: int = 1
     device: str = "auto"  # "auto": CUDA where present, else the CPU
     progress_every_s: float = 1.0
+    nice: int = 10  # added to the worker's niceness: serving keeps the CPU when it needs it
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
