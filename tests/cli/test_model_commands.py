@@ -116,5 +116,6 @@ def test_problems_are_printed_by_file(cli: Cli, member: tuple[str, str], tmp_pat
 
     no_base = failed(cli("create", "model", "x", str(mismatched), "--account", account), 2)
     assert "--base-model" in no_base.stderr
-    onto = failed(cli("load-lora", "m", "--deployment", "d1", "--account", account, api_key=key), 1)
-    assert "deployment" in onto.stderr
+    # --deployment reaches the deployedModels API: a deployment that does not exist is a 404.
+    onto = failed(cli("load-lora", "m", "--deployment", "d1", "--account", account, api_key=key), 4)
+    assert "deployment_not_found" in onto.stderr
