@@ -24,6 +24,7 @@ from firebox.catalog.upload_rules import UploadLimits
 from firebox.catalog.uploads import ModelUploads
 from firebox.clock import Clock, OffsetClock, SystemClock
 from firebox.deployments.drivers.base import DeploymentDriver
+from firebox.deployments.metering import gpu_price_check
 from firebox.deployments.placement import PlacementRules
 from firebox.deployments.runtime import DeploymentRuntime, build_runtime
 from firebox.deployments.wiring import DeploymentSlice, build_deployments
@@ -208,6 +209,7 @@ def build_services(
         deployment_driver,
     )
     deployment_slice.on_change(runtime.on_change)  # the controller reconciles at once
+    deployment_slice.service.price_check = gpu_price_check(money.billing, clock)
     money.hooks.register(runtime.suspension_hook)
     models.deployments = runtime.routing
     catalog.deployed_models.placements = PlacementRules(runtime.on_change)

@@ -131,11 +131,37 @@ def test_quota_error_names_quota_value_and_usage(client: TestClient, dev: Member
     assert _quota(client, dev, "a100-gpus")["usage"] == 6
 
 
-def test_h100_needs_enterprise(client: TestClient, dev: Member, ent: Member) -> None:
+def _price_h100(services: Services, account_id: str, micros_per_hour: int) -> None:
+    """The operator's price for the account's H100s (SPEC §2: H100 is operator-priced)."""
+    from firebox.billing.models import PriceOverrideRow
+
+    now = services.clock.now()
+    with services.db.transaction() as session:
+        session.add(
+            PriceOverrideRow(
+                account_id=account_id,
+                target="H100_80GB",
+                unit_price_micros=micros_per_hour,
+                effective_from=now - timedelta(days=1),
+                create_time=now,
+            )
+        )
+    services.money.overrides.refresh()
+
+
+def test_h100_needs_enterprise(
+    client: TestClient, services: Services, dev: Member, ent: Member
+) -> None:
     response = _create(client, dev, "h", acceleratorType="NVIDIA_H100_80GB")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "plan_required"
     assert "Enterprise" in response.json()["error"]["message"]
+    # Enterprise, but the operator has not priced H100s yet: refused before anything runs.
+    unpriced = _create(client, ent, "h", acceleratorType="NVIDIA_H100_80GB")
+    assert unpriced.status_code == 400
+    assert unpriced.json()["error"]["code"] == "gpu_type_not_priced"
+    assert _quota(client, ent, "h100-gpus")["usage"] == 0
+    _price_h100(services, ent.account, 9_000_000)
     made = ok(_create(client, ent, "h", acceleratorType="NVIDIA_H100_80GB", acceleratorCount=2))
     assert made["acceleratorType"] == "NVIDIA_H100_80GB"
     assert _quota(client, ent, "h100-gpus")["usage"] == 2

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from firebox.clock import Clock
+from firebox.deployments.accelerators import gpu_type
 from firebox.deployments.drivers.base import (
     DeploymentObservation,
     DeploymentTarget,
@@ -48,7 +50,32 @@ _BILLED = (ReplicaState.READY, ReplicaState.STOPPING)
 
 def gpu_type_of(accelerator_type: str) -> str:
     """The price book's key of an accelerator type: ``NVIDIA_A100_80GB`` -> ``A100_80GB``."""
-    return accelerator_type.removeprefix("NVIDIA_")
+    return gpu_type(accelerator_type)
+
+
+def gpu_price_check(money: Money, clock: Clock) -> Callable[[str, str], None]:
+    """A check that prices a zero-length GPU interval for the account (raises if unpriced).
+
+    It goes through the same pricing as the meter, so account overrides count.
+    """
+
+    def check(account_id: str, accelerator_type: str) -> None:
+        money.cost(
+            UsageRecord(
+                request_id="price-check",
+                account_id=account_id,
+                model="",
+                base_model="",
+                kind="deployment",
+                time=clock.now(),
+                prompt_tokens=0,
+                completion_tokens=0,
+                gpu_type=gpu_type_of(accelerator_type),
+                gpu_milliseconds=0,
+            )
+        )
+
+    return check
 
 
 @dataclass(frozen=True, slots=True)

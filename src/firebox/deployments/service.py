@@ -74,6 +74,10 @@ class DeploymentService:
         self._settings = settings or DeploymentSettings()
         self.quotas = quotas  # set by services.py once the limits slice exists
         self.on_change: Callable[[], None] | None = None  # set by the runtime
+        # ``price_check(account_id, accelerator_type)`` raises when the type has no GPU-hour
+        # price for the account (set by services.py from billing): a deployment that could
+        # not be billed is refused at create or update, not discovered by the meter.
+        self.price_check: Callable[[str, str], None] | None = None
 
     # -- create ----------------------------------------------------------------
 
@@ -104,6 +108,8 @@ class DeploymentService:
                     spec = specs.replace_shape(spec, shape.name)
                 spec = self._models.check(session, account_id, spec)
                 checks.check_plan(spec.accelerator_type, plan)
+                if self.price_check is not None:
+                    self.price_check(account_id, spec.accelerator_type)
                 new_id = wanted or checks.free_id(session, account_id)
                 self._take_id(session, account_id, new_id)
                 now = self._clock.now()
@@ -217,6 +223,8 @@ class DeploymentService:
             if new == current:
                 return view(row)
             checks.check_plan(new.accelerator_type, plan)
+            if self.price_check is not None and new.accelerator_type != current.accelerator_type:
+                self.price_check(account_id, new.accelerator_type)
             self._models.check_context(session, account_id, new)
             now = self._clock.now()
             autoscaling = {"min_replica_count", "max_replica_count"} | {
