@@ -585,6 +585,115 @@ def case_delete_sftj(http: httpx.Client, tag: str) -> Burst:
     return Burst(same(N, "DELETE", path), {200, 404}, one_winner())
 
 
+BATCH_LINE = (
+    '{"custom_id": "a", "body": {"messages": [{"role": "user", "content": "hi"}],'
+    ' "max_tokens": 2}}\n'
+)
+
+
+def with_batch_input(http: httpx.Client, tag: str) -> str:
+    """An account with a READY dataset ``in`` of one batch line: the account."""
+    a = account(http, tag)
+    datasets = f"/v1/accounts/{a}/datasets"
+    ok(http.post(datasets, json={"datasetId": "in"}, headers=OPERATOR))
+    files = {"file": ("in.jsonl", BATCH_LINE)}
+    ok(http.post(f"{datasets}/in:upload", files=files, headers=OPERATOR))
+    return a
+
+
+def case_create_batch_job(http: httpx.Client, tag: str) -> Burst:
+    a = with_batch_input(http, f"cb-{tag}")
+    body = {"model": BASE, "inputDatasetId": f"accounts/{a}/datasets/in"}
+    path = f"/v1/accounts/{a}/batchInferenceJobs?batchInferenceJobId=job"
+    return Burst(same(N, "POST", path, body), {200, 409}, one_winner())
+
+
+def case_delete_batch_job(http: httpx.Client, tag: str) -> Burst:
+    a = with_batch_input(http, f"db-{tag}")
+    jobs = f"/v1/accounts/{a}/batchInferenceJobs"
+    body = {"model": BASE, "inputDatasetId": f"accounts/{a}/datasets/in"}
+    ok(http.post(f"{jobs}?batchInferenceJobId=job", json=body, headers=OPERATOR))
+
+    def check(responses: list[httpx.Response]) -> None:
+        assert statuses(responses)[200] == 1, statuses(responses)
+        assert http.get(f"{jobs}/job", headers=OPERATOR).status_code == 404
+
+    return Burst(same(N, "DELETE", f"{jobs}/job"), {200, 404}, check)
+
+
+def tenant(http: httpx.Client, tag: str) -> dict[str, str]:
+    """A new account's admin key, for the OpenAI-shaped routes (they act for the key's account)."""
+    a = account(http, tag)
+    create_user(http, OPERATOR, a, "ann", "admin")
+    return bearer(str(create_key(http, OPERATOR, a, "ann")["key"]))
+
+
+def _batch_file(http: httpx.Client, key: dict[str, str]) -> str:
+    files = {"file": ("in.jsonl", BATCH_LINE)}
+    return str(
+        ok(http.post("/v1/files", data={"purpose": "batch"}, files=files, headers=key))["id"]
+    )
+
+
+def case_upload_batch_file(http: httpx.Client, tag: str) -> Burst:
+    key = tenant(http, f"uf-{tag}")
+    shot = Shot(
+        "POST",
+        "/v1/files",
+        key,
+        files={"file": ("in.jsonl", BATCH_LINE)},
+        data={"purpose": "batch"},
+    )
+
+    def check(responses: list[httpx.Response]) -> None:
+        ids = {r.json()["id"] for r in responses}
+        assert len(ids) == N, ids  # every upload is its own file
+        listed = ok(http.get("/v1/files", headers=key))["data"]
+        assert {f["id"] for f in listed} >= ids
+
+    return Burst([shot] * N, {200}, check)
+
+
+def case_delete_batch_file(http: httpx.Client, tag: str) -> Burst:
+    key = tenant(http, f"df-{tag}")
+    file_id = _batch_file(http, key)
+
+    def check(responses: list[httpx.Response]) -> None:
+        assert http.get(f"/v1/files/{file_id}", headers=key).status_code == 404
+
+    return Burst([Shot("DELETE", f"/v1/files/{file_id}", key)] * N, {200, 404}, check)
+
+
+def case_create_openai_batch(http: httpx.Client, tag: str) -> Burst:
+    key = tenant(http, f"ob-{tag}")
+    body = {
+        "input_file_id": _batch_file(http, key),
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
+
+    def check(responses: list[httpx.Response]) -> None:
+        assert len({r.json()["id"] for r in responses}) == N  # one batch each
+
+    return Burst([Shot("POST", "/v1/batches", key, body)] * N, {200}, check)
+
+
+def case_cancel_openai_batch(http: httpx.Client, tag: str) -> Burst:
+    key = tenant(http, f"cb-{tag}")
+    body = {
+        "input_file_id": _batch_file(http, key),
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
+    batch_id = ok(http.post("/v1/batches", json=body, headers=key))["id"]
+
+    def check(responses: list[httpx.Response]) -> None:
+        final = ok(http.get(f"/v1/batches/{batch_id}", headers=key))["status"]
+        assert final in ("cancelling", "cancelled", "completed", "failed"), final
+
+    return Burst([Shot("POST", f"/v1/batches/{batch_id}/cancel", key)] * N, {200}, check)
+
+
 CASES: dict[str, Callable[[httpx.Client, str], Burst]] = {
     name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")
 }
@@ -654,6 +763,12 @@ MUTATING_ROUTES = {
         "/v1/accounts/{account}/datasets/{dataset}:getUploadEndpoint",
     ): "dataset_upload_endpoint",
     ("POST", "/v1/accounts/{account}/datasets/{dataset}:validateUpload"): "validate_upload",
+    ("POST", "/v1/accounts/{account}/batchInferenceJobs"): "create_batch_job",
+    ("DELETE", "/v1/accounts/{account}/batchInferenceJobs/{job_id}"): "delete_batch_job",
+    ("POST", "/v1/files"): "upload_batch_file",
+    ("DELETE", "/v1/files/{file_id}"): "delete_batch_file",
+    ("POST", "/v1/batches"): "create_openai_batch",
+    ("POST", "/v1/batches/{batch_id}/cancel"): "cancel_openai_batch",
     ("POST", "/v1/accounts/{account}/supervisedFineTuningJobs"): "create_sftj",
     ("DELETE", "/v1/accounts/{account}/supervisedFineTuningJobs/{job}"): "delete_sftj",
     ("POST", "/v1/accounts/{account}/supervisedFineTuningJobs/{job}:cancel"): "cancel_sftj",

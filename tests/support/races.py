@@ -41,6 +41,7 @@ class Shot:
     headers: dict[str, str]
     json: Any = None
     files: Any = None  # a multipart body instead (httpx ``files=``)
+    data: Any = None  # form fields sent beside ``files``
 
 
 def fire(base_url: str, shots: list[Shot], timeout_s: float = 120.0) -> list[httpx.Response]:
@@ -52,7 +53,12 @@ def fire(base_url: str, shots: list[Shot], timeout_s: float = 120.0) -> list[htt
         try:
             with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
                 request = client.build_request(
-                    shot.method, shot.path, headers=shot.headers, json=shot.json, files=shot.files
+                    shot.method,
+                    shot.path,
+                    headers=shot.headers,
+                    json=shot.json,
+                    files=shot.files,
+                    data=shot.data,
                 )
                 client.get("/healthz")  # the connection is open before the barrier
                 barrier.wait()

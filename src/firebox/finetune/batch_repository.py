@@ -16,24 +16,22 @@ from firebox.finetune.batch_models import (
     BatchJobRow,
     BatchResultRow,
 )
+from firebox.store.locking import lock_rows
 
 
 def job(
     session: Session, account_id: str, job_id: str, *, lock: bool = False
 ) -> BatchJobRow | None:
-    query = select(BatchJobRow).where(
-        BatchJobRow.account_id == account_id, BatchJobRow.job_id == job_id
-    )
-    if lock:
-        query = query.with_for_update()
-    return session.scalars(query).first()
+    criteria = (BatchJobRow.account_id == account_id, BatchJobRow.job_id == job_id)
+    if lock:  # FOR UPDATE is a no-op on SQLite: lock_rows takes its writer lock first
+        lock_rows(session, BatchJobRow, *criteria)
+    return session.scalars(select(BatchJobRow).where(*criteria)).first()
 
 
 def job_by_pk(session: Session, pk: int, *, lock: bool = False) -> BatchJobRow | None:
-    query = select(BatchJobRow).where(BatchJobRow.pk == pk)
     if lock:
-        query = query.with_for_update()
-    return session.scalars(query).first()
+        lock_rows(session, BatchJobRow, BatchJobRow.pk == pk)
+    return session.scalars(select(BatchJobRow).where(BatchJobRow.pk == pk)).first()
 
 
 def jobs(
