@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.installed-run
+# `make test` (and lint, fuzz, bench) install everything the suite exercises: the dev tools,
+# the engine, Ray Serve for the deployment driver and boto3 for the S3 store. `make run`
+# installs only the engine, so it stays light (no Ray, no test tools).
 EXTRAS ?= dev,engine,ray,s3
+RUN_EXTRAS ?= engine
 
 .PHONY: install run test test-fast fuzz lint format bench clean demo-models
 
@@ -17,8 +22,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
+$(RUN_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(RUN_EXTRAS)]'
+	@touch $(RUN_STAMP)
+
 # Starts the embedded platform on 127.0.0.1:8000 with its state in ./.firebox/.
-run: install
+run: $(RUN_STAMP)
 	$(BIN)/firebox serve
 
 # The whole suite. FIREBOX_TEST_DATABASE_URL / FIREBOX_TEST_REDIS_URL add PostgreSQL / Redis runs.
