@@ -10,12 +10,13 @@ from firebox.billing.overrides import NoOverrides
 from firebox.billing.price_book import PriceBook
 from firebox.billing.pricing import Pricer
 from firebox.clock import FakeClock
+from firebox.deployments.accelerators import gpu_type as gpu_type_of
 from firebox.deployments.drivers.base import (
     DeploymentObservation,
     ReplicaObservation,
     ReplicaState,
 )
-from firebox.deployments.metering import GpuMeter, SpendWatch, gpu_type_of
+from firebox.deployments.metering import GpuMeter, SpendWatch
 from firebox.inference.metering import CollectingUsageSink, UsageRecord
 from firebox.limits.spend_guard import spend_cap
 from firebox.money_state import SpendState

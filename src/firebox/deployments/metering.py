@@ -48,11 +48,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _BILLED = (ReplicaState.READY, ReplicaState.STOPPING)
 
 
-def gpu_type_of(accelerator_type: str) -> str:
-    """The price book's key of an accelerator type: ``NVIDIA_A100_80GB`` -> ``A100_80GB``."""
-    return gpu_type(accelerator_type)
-
-
 def gpu_price_check(money: Money, clock: Clock) -> Callable[[str, str], None]:
     """A check that prices a zero-length GPU interval for the account (raises if unpriced).
 
@@ -70,7 +65,7 @@ def gpu_price_check(money: Money, clock: Clock) -> Callable[[str, str], None]:
                 time=clock.now(),
                 prompt_tokens=0,
                 completion_tokens=0,
-                gpu_type=gpu_type_of(accelerator_type),
+                gpu_type=gpu_type(accelerator_type),
                 gpu_milliseconds=0,
             )
         )
@@ -213,7 +208,7 @@ class GpuMeter:
             completion_tokens=0,
             deployment=deployment.name,
             duration_ms=float(ms),
-            gpu_type=gpu_type_of(deployment.accelerator_type),
+            gpu_type=gpu_type(deployment.accelerator_type),
             gpu_milliseconds=ms * deployment.accelerator_count,
         )
 
@@ -232,7 +227,7 @@ class GpuMeter:
             prompt_tokens=0,
             completion_tokens=0,
             deployment=deployment.name,
-            gpu_type=gpu_type_of(deployment.accelerator_type),
+            gpu_type=gpu_type(deployment.accelerator_type),
             gpu_milliseconds=ms,
         )
 
