@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import anyio
 import pytest
@@ -82,6 +84,42 @@ def test_a_restart_reconciles_and_never_bills_twice(
     # 90 s before the restart, 45 s after; the 30 s down are not billed.
     assert sum(r.gpu_milliseconds for r in rows) == 135_000
     assert len({r.request_id.rsplit(":", 1)[0] for r in rows}) == 2  # two replicas
+
+
+def test_a_stop_during_the_write_back_still_bills_the_replica_it_published(
+    settings: Settings,
+    database: Database,
+    clock: FakeClock,
+    services: Services,
+    client: TestClient,
+    operator_headers: dict[str, str],
+) -> None:
+    # The pass that writes "1 ready replica" is held in its write-back until the gateway's
+    # stop cancels it: the window a loaded machine opened at random (seen once under
+    # stress-ng, 90 of 135 GPU-seconds billed). The replica the row shows must be billed.
+    create_account(client, operator_headers, "acme", plan="ENTERPRISE")
+    pk = insert_deployment(services.db, "acme", "d1", clock.now(), min_replica_count=1)
+    runtime = services.deployment_runtime
+    assert runtime is not None
+    controller = runtime.controller
+    write_back = controller._write_back
+
+    def held_write_back(*args: Any) -> None:
+        write_back(*args)
+        if read_deployment(database, pk).ready_replicas != 1:
+            return
+        deadline = time.monotonic() + 60
+        task = controller._task
+        while task is not None and not task.cancelling() and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the stop cancels this pass
+
+    controller._write_back = held_write_back  # type: ignore[method-assign]
+    controller.poke()
+    until(lambda: read_deployment(database, pk).ready_replicas == 1, "a ready replica")
+    clock.advance(timedelta(seconds=45))
+    client.__exit__(None, None, None)  # cancels the held pass; its replicas stop with it
+    rows = gpu_rows(services)
+    assert sum(r.gpu_milliseconds for r in rows) == 45_000
 
 
 def test_gpu_time_that_would_pass_the_cap_suspends_and_scales_to_zero(

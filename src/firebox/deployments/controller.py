@@ -164,8 +164,11 @@ class DeploymentController:
             await self.driver.apply(list(targets.values()))
             seen = await self.driver.observe()
             now = self._clock.now()
-            await to_thread.run_sync(self._write_back, rows, placed, failures, seen, now)
+            # Meter before publishing: once a row says a replica is ready, the meter bills
+            # it, even if this pass is cancelled in the write-back (a gateway stopping then
+            # charges it up to the stop; the other order lost that time).
             self.meter.observe(targets, seen, now)
+            await to_thread.run_sync(self._write_back, rows, placed, failures, seen, now)
             if self._watch is not None and time.monotonic() - self._last_spend_check >= (
                 self._spend_check_s
             ):
